@@ -1,0 +1,168 @@
+/**
+ * One in-memory activation of an actor: its state as last committed, its mailbox, and the loop
+ * that runs one turn at a time. What a turn means is the {@link Behavior}'s business; this file
+ * only knows that a turn's writes must commit (with their versionstamp checks) before its replies
+ * and effects are released, and that a conflict means reload and run the same messages again.
+ * @module
+ */
+import { type CommitBatcher, type CommitRequest } from "./commit_batcher.ts";
+import { type Envelope, Mailbox } from "./mailbox.ts";
+
+/** State loaded from storage with the versionstamp it was read at. */
+export interface Loaded<S> {
+  /** The actor's state. */
+  state: S;
+  /** The versionstamp of the key the state lives under. */
+  versionstamp: string;
+}
+
+/** The reply to one message. */
+export type Reply = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** What a turn decided, ready to commit. */
+export interface Plan<S> {
+  /** The state once the commit lands. */
+  state: S;
+  /** One reply per message, released after the commit. */
+  replies: Reply[];
+  /** Writes to commit, or `null` when the turn changed nothing. */
+  commit: CommitRequest | null;
+  /** Releases the turn's effects; called once, only after the commit is durable. */
+  release(): void;
+}
+
+/** The actor-specific part: how to load state and plan a turn over a batch of messages. */
+export interface Behavior<S, M> {
+  /** Reads the actor's state, or `null` if it does not exist. */
+  load(id: string): Promise<Loaded<S> | null>;
+  /** Whether `versionstamp` is still current in storage (checked before trusting a no-op turn). */
+  isCurrent(id: string, versionstamp: string): Promise<boolean>;
+  /** Reads what the turn needs and runs it. Must not write. */
+  plan(id: string, current: Loaded<S>, messages: M[]): Promise<Plan<S>>;
+  /** The error for messages to an actor that does not exist. */
+  notFound(id: string): Error;
+}
+
+/** Settings an activation shares with its directory. */
+export interface ActivationContext<S, M> {
+  /** The actor behaviour. */
+  behavior: Behavior<S, M>;
+  /** Where commits go. */
+  batcher: CommitBatcher;
+  /** Most messages in one turn. */
+  maxBatch: number;
+  /** Times a turn is replayed after conflicts before its messages fail. */
+  maxReplays: number;
+  /** Current time in ms, for idle tracking. */
+  now(): number;
+}
+
+/** One actor in memory. */
+export class Activation<S, M> {
+  /** The actor id. */
+  readonly id: string;
+  #ctx: ActivationContext<S, M>;
+  #mailbox = new Mailbox<M>();
+  #loaded: Loaded<S> | null | undefined;
+  #running = false;
+  #lastUsed: number;
+
+  /** Creates an idle, not yet loaded activation. */
+  constructor(id: string, ctx: ActivationContext<S, M>) {
+    this.id = id;
+    this.#ctx = ctx;
+    this.#lastUsed = ctx.now();
+  }
+
+  /** Whether it has nothing to do: no turn running and no message waiting. */
+  get idle(): boolean {
+    return !this.#running && this.#mailbox.size === 0;
+  }
+
+  /** When it last received a message (ms). */
+  get lastUsed(): number {
+    return this.#lastUsed;
+  }
+
+  /** The state as last committed or loaded, if loaded. */
+  get state(): S | undefined {
+    return this.#loaded?.state;
+  }
+
+  /** Queues a message; resolves with its reply once the turn that handled it has committed. */
+  send(message: M): Promise<unknown> {
+    this.#lastUsed = this.#ctx.now();
+    return new Promise((resolve, reject) => {
+      this.#mailbox.push({ message, resolve, reject } as Envelope<M>);
+      if (!this.#running) this.#run();
+    });
+  }
+
+  /** Forgets the loaded state, so the next turn reads it again. */
+  invalidate(): void {
+    this.#loaded = undefined;
+  }
+
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#mailbox.size > 0) {
+        const batch = this.#mailbox.take(this.#ctx.maxBatch);
+        try {
+          await this.#turn(batch);
+        } catch (error) {
+          // Storage failed: the batch's senders learn of it; nothing was released.
+          this.#loaded = undefined;
+          for (const envelope of batch) envelope.reject(error);
+        }
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  async #turn(batch: Envelope<M>[]): Promise<void> {
+    const { behavior, batcher, maxReplays } = this.#ctx;
+    const messages = batch.map((envelope) => envelope.message);
+    for (let replay = 0; replay <= maxReplays; replay++) {
+      if (this.#loaded === undefined) this.#loaded = await behavior.load(this.id);
+      const loaded = this.#loaded;
+      if (loaded === null) {
+        this.#loaded = undefined;
+        const error = behavior.notFound(this.id);
+        for (const envelope of batch) envelope.reject(error);
+        return;
+      }
+      const plan = await behavior.plan(this.id, loaded, messages);
+      if (plan.commit === null) {
+        // Nothing to write, but the answers were computed from cached state: make sure no other
+        // process has moved the actor on since, or they could be stale.
+        if (!(await behavior.isCurrent(this.id, loaded.versionstamp))) {
+          this.#loaded = undefined;
+          continue;
+        }
+        settle(batch, plan.replies);
+        return;
+      }
+      const outcome = await batcher.submit(plan.commit);
+      if (outcome.ok) {
+        this.#loaded = { state: plan.state, versionstamp: outcome.versionstamp };
+        settle(batch, plan.replies);
+        plan.release();
+        return;
+      }
+      this.#loaded = undefined; // Another writer got there first: reload and replay.
+    }
+    throw new Error(
+      `Actor ${this.id} kept conflicting with other writers after ${maxReplays} replays.`,
+    );
+  }
+}
+
+function settle<M>(batch: Envelope<M>[], replies: Reply[]): void {
+  batch.forEach((envelope, i) => {
+    const reply = replies[i];
+    if (reply.ok) envelope.resolve(reply.value);
+    else envelope.reject(reply.error);
+  });
+}

@@ -1,0 +1,186 @@
+/**
+ * Groups many activations' commits into few KV atomics. Requests that arrive while a commit is in
+ * flight go out together in the next one, within Deno KV's limits, so throughput does not stop at
+ * one KV commit per message. Each request keeps its own checks: when an atomic fails, the
+ * requests whose checks no longer hold are answered `conflict` and the others are sent again.
+ * @module
+ */
+
+/** One activation's share of an atomic: the checks it relies on and what it writes. */
+export interface CommitRequest {
+  /** Versionstamp checks, normally one: the twin's head key. */
+  checks: Deno.AtomicCheck[];
+  /** Writes to make if the checks hold. */
+  mutations: Deno.KvMutation[];
+  /** Estimated bytes of keys and values, to keep an atomic under KV's size cap. */
+  bytes: number;
+}
+
+/** How a request ended: committed with a versionstamp, or refused because a check failed. */
+export type CommitOutcome = { ok: true; versionstamp: string } | { ok: false };
+
+/** Deno KV's limits on one atomic, and how the batcher uses them. */
+export interface BatcherOptions {
+  /** Mutations per atomic (KV: 1000). */
+  maxMutations?: number;
+  /** Checks per atomic (KV: 100). */
+  maxChecks?: number;
+  /** Bytes per atomic (KV: 800 KiB); kept below it for encoding overhead. */
+  maxBytes?: number;
+  /** Atomics in flight at once. */
+  maxInFlight?: number;
+  /** Attempts for an atomic that throws (such as `database is locked`) before giving up. */
+  maxRetries?: number;
+  /** Told about every committed atomic: requests in it and milliseconds it took. */
+  onBatch?(requests: number, ms: number): void;
+}
+
+interface Pending {
+  request: CommitRequest;
+  resolve(outcome: CommitOutcome): void;
+  reject(error: unknown): void;
+}
+
+/** Packs commit requests into grouped atomics. */
+export class CommitBatcher {
+  #kv: Deno.Kv;
+  #queue: Pending[] = [];
+  #inFlight = 0;
+  #idle: Array<() => void> = [];
+  #options: Required<Omit<BatcherOptions, "onBatch">> & Pick<BatcherOptions, "onBatch">;
+
+  /** Creates a batcher writing to `kv`. */
+  constructor(kv: Deno.Kv, options: BatcherOptions = {}) {
+    this.#kv = kv;
+    this.#options = {
+      maxMutations: options.maxMutations ?? 1000,
+      maxChecks: options.maxChecks ?? 100,
+      maxBytes: options.maxBytes ?? 760 * 1024,
+      maxInFlight: options.maxInFlight ?? 2,
+      maxRetries: options.maxRetries ?? 100,
+      onBatch: options.onBatch,
+    };
+  }
+
+  /** Commits a request in the next atomic with room; resolves once it is durable or refused. */
+  submit(request: CommitRequest): Promise<CommitOutcome> {
+    const o = this.#options;
+    if (
+      request.checks.length > o.maxChecks || request.mutations.length > o.maxMutations ||
+      request.bytes > o.maxBytes
+    ) {
+      return Promise.reject(
+        new RangeError(
+          `A commit of ${request.mutations.length} mutations and ${request.bytes} bytes exceeds what one KV atomic can hold.`,
+        ),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ request, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  /** Resolves once nothing is queued or in flight. */
+  drain(): Promise<void> {
+    if (this.#queue.length === 0 && this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  #pump(): void {
+    while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
+      const batch = this.#take();
+      this.#inFlight++;
+      this.#commit(batch).finally(() => {
+        this.#inFlight--;
+        this.#pump();
+        if (this.#queue.length === 0 && this.#inFlight === 0) {
+          for (const resolve of this.#idle.splice(0)) resolve();
+        }
+      });
+    }
+  }
+
+  /** Takes as many queued requests as fit in one atomic. */
+  #take(): Pending[] {
+    const o = this.#options;
+    let checks = 0, mutations = 0, bytes = 0, count = 0;
+    for (const { request } of this.#queue) {
+      if (
+        checks + request.checks.length > o.maxChecks ||
+        mutations + request.mutations.length > o.maxMutations ||
+        bytes + request.bytes > o.maxBytes
+      ) break;
+      checks += request.checks.length;
+      mutations += request.mutations.length;
+      bytes += request.bytes;
+      count++;
+    }
+    return this.#queue.splice(0, count);
+  }
+
+  async #commit(batch: Pending[]): Promise<void> {
+    const started = performance.now();
+    let result: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      result = await this.#attempt(batch);
+    } catch (error) {
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    if (result.ok) {
+      this.#options.onBatch?.(batch.length, performance.now() - started);
+      for (const item of batch) item.resolve({ ok: true, versionstamp: result.versionstamp });
+      return;
+    }
+    // Some check failed: find whose, refuse those, and send the rest again first in line.
+    let failed: Set<Pending>;
+    try {
+      failed = await this.#failedChecks(batch);
+    } catch (error) {
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    // If no check reads as failed now, someone wrote and rewrote in between: refuse all so each
+    // activation reloads, rather than loop.
+    if (failed.size === 0) failed = new Set(batch);
+    for (const item of batch) if (failed.has(item)) item.resolve({ ok: false });
+    this.#queue.unshift(...batch.filter((item) => !failed.has(item)));
+  }
+
+  async #attempt(batch: Pending[]): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+    for (let attempt = 0;; attempt++) {
+      const atomic = this.#kv.atomic();
+      for (const { request } of batch) {
+        atomic.check(...request.checks);
+        atomic.mutate(...request.mutations);
+      }
+      try {
+        return await atomic.commit();
+      } catch (error) {
+        // Another process holding the same local KV file makes commits throw `database is
+        // locked` under contention: transient, so retry with a growing pause.
+        if (attempt >= this.#options.maxRetries || !isTransient(error)) throw error;
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5 + attempt * 5, 100)));
+      }
+    }
+  }
+
+  async #failedChecks(batch: Pending[]): Promise<Set<Pending>> {
+    const all = batch.flatMap((item) => item.request.checks.map((check) => ({ item, check })));
+    const failed = new Set<Pending>();
+    for (let i = 0; i < all.length; i += 10) {
+      const slice = all.slice(i, i + 10);
+      const entries = await this.#kv.getMany(slice.map(({ check }) => check.key));
+      entries.forEach((entry, j) => {
+        if (entry.versionstamp !== slice[j].check.versionstamp) failed.add(slice[j].item);
+      });
+    }
+    return failed;
+  }
+}
+
+function isTransient(error: unknown): boolean {
+  const message = error instanceof Error ? error.message : String(error);
+  return /database is locked|busy/i.test(message);
+}

@@ -1,0 +1,123 @@
+/**
+ * Builds a Doppel app from its dependencies: the Hono app serving every route, the twin runtime
+ * and the registry. Opens no sockets and reads no environment: `main.ts` does that.
+ * @module
+ */
+import { Hono } from "hono";
+import type { Clock } from "./clock.ts";
+import { DoppelError } from "./errors.ts";
+import { EventBus } from "./events/bus.ts";
+import type { Logger } from "./log.ts";
+import { AdminAuth } from "./registry/admin.ts";
+import { Registry } from "./registry/devices.ts";
+import { KeyVault } from "./registry/secrets.ts";
+import type { TwinKind } from "./twin/kind.ts";
+import { TwinRuntime, type TwinRuntimeOptions } from "./twin/runtime.ts";
+import { deviceApi } from "./web/device_api.ts";
+import { errorResponse } from "./web/http.ts";
+import { operatorApi } from "./web/operator_api.ts";
+import { commandWaiter, type Services } from "./web/services.ts";
+
+/** What an app is built from. */
+export interface AppDeps {
+  /** The store (tests: `Deno.openKv(":memory:")`). */
+  kv: Deno.Kv;
+  /** Time. */
+  clock: Clock;
+  /** Loaded twin kinds by name. */
+  kinds: ReadonlyMap<string, TwinKind>;
+  /** Server secret that encrypts device keys at rest. */
+  secret: string;
+  /** Operator token; when absent one is generated on first start and returned once. */
+  adminToken?: string;
+  /** Where log lines go. */
+  logger: Logger;
+  /** Runtime tuning (activation bound, idle timeout, batching). */
+  runtime?: Partial<
+    Pick<TwinRuntimeOptions, "maxActivations" | "idleMs" | "batcher" | "randomId">
+  >;
+}
+
+/** A running app. */
+export interface Doppel {
+  /** The Hono app: pass `app.fetch` to a server, or call `app.request()` in tests. */
+  app: Hono;
+  /** The twin runtime. */
+  runtime: TwinRuntime;
+  /** The device registry. */
+  registry: Registry;
+  /** The operator token, only when it was generated just now (print it once). */
+  createdAdminToken?: string;
+  /** Starts background loops (timers, idle collection). */
+  start(): void;
+  /** Ends waits and loops and lets commits in flight finish. Does not close the KV. */
+  close(): Promise<void>;
+}
+
+/** Builds the app. */
+export async function createApp(deps: AppDeps): Promise<Doppel> {
+  const { kv, clock, logger } = deps;
+  const bus = new EventBus();
+  const shutdown = new AbortController();
+  const runtime = new TwinRuntime({
+    kv,
+    clock,
+    kinds: deps.kinds,
+    bus,
+    logger,
+    ...deps.runtime,
+  });
+  const registry = new Registry({
+    kv,
+    clock,
+    vault: await KeyVault.fromSecret(deps.secret),
+    kinds: new Set(deps.kinds.keys()),
+    onChange: (id, change) => {
+      if (change === "deleted") runtime.evict(id);
+    },
+  });
+  const { auth: admin, created } = await AdminAuth.init(kv, deps.adminToken);
+  const services: Services = {
+    kv,
+    registry,
+    runtime,
+    admin,
+    bus,
+    logger,
+    shutdown: shutdown.signal,
+    waitForCommand: commandWaiter(bus, runtime, shutdown.signal),
+  };
+
+  const app = new Hono();
+  app.onError((error, c) => {
+    if (!(error instanceof DoppelError)) {
+      logger.log("error", "http", `${c.req.method} ${c.req.path} failed: ${error.stack ?? error}`);
+    }
+    const response = errorResponse(error);
+    if (
+      error instanceof DoppelError && error.code === "unauthorized" &&
+      c.req.path.startsWith("/api/")
+    ) {
+      response.headers.set("www-authenticate", 'Bearer realm="doppel"');
+    }
+    return response;
+  });
+  app.notFound((c) =>
+    errorResponse(new DoppelError("not_found", `No route for ${c.req.method} ${c.req.path}.`))
+  );
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.route("/api/v1", operatorApi(services));
+  app.route("/device/v1", deviceApi(services));
+
+  return {
+    app,
+    runtime,
+    registry,
+    createdAdminToken: created,
+    start: () => runtime.start(),
+    close: async () => {
+      shutdown.abort();
+      await runtime.close();
+    },
+  };
+}

@@ -1,0 +1,136 @@
+/**
+ * Doppel's process entry: reads the environment (and flags of the same meaning), opens the KV
+ * store, loads twin kinds, and serves HTTP. The only file that touches the environment or sockets.
+ *
+ * ```sh
+ * deno task start                  # PORT=8000, DOPPEL_KV=./data/doppel.kv, DOPPEL_TWINS=./twins
+ * deno task start --port 9000 --kv :memory:
+ * ```
+ * @module
+ */
+import { createApp } from "./app.ts";
+import { systemClock } from "./clock.ts";
+import { isLogLevel, jsonLogger } from "./log.ts";
+import { randomSecret } from "./registry/secrets.ts";
+import { loadKinds } from "./twin/loader.ts";
+
+/** Settings from the environment and flags. */
+interface Config {
+  port: number;
+  kvPath: string;
+  twinsDir: string;
+  adminToken?: string;
+  secret?: string;
+  logLevel: string;
+  hostname: string;
+}
+
+function readConfig(args: string[]): Config {
+  const flags = new Map<string, string>();
+  for (let i = 0; i < args.length; i++) {
+    const match = /^--([a-z-]+)(?:=(.*))?$/.exec(args[i]);
+    if (!match) throw new Error(`Unknown argument ${JSON.stringify(args[i])}.`);
+    flags.set(match[1], match[2] ?? args[++i] ?? "");
+  }
+  const get = (flag: string, env: string) => flags.get(flag) ?? Deno.env.get(env);
+  const port = Number(get("port", "PORT") ?? 8000);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`PORT ${JSON.stringify(get("port", "PORT"))} is not a port number.`);
+  }
+  return {
+    port,
+    kvPath: get("kv", "DOPPEL_KV") ?? "./data/doppel.kv",
+    twinsDir: get("twins", "DOPPEL_TWINS") ?? "./twins",
+    adminToken: get("admin-token", "DOPPEL_ADMIN_TOKEN"),
+    secret: get("secret", "DOPPEL_SECRET"),
+    logLevel: get("log-level", "DOPPEL_LOG_LEVEL") ?? "info",
+    hostname: get("hostname", "DOPPEL_HOSTNAME") ?? "0.0.0.0",
+  };
+}
+
+/** The server secret: configured, or generated once and kept beside the KV file (mode 0600). */
+async function serverSecret(config: Config, local: boolean): Promise<string> {
+  if (config.secret) return config.secret;
+  if (!local) {
+    throw new Error("DOPPEL_SECRET must be set when DOPPEL_KV is not a local file.");
+  }
+  if (config.kvPath === ":memory:") return randomSecret(32);
+  const path = `${dirname(config.kvPath)}/doppel.secret`;
+  try {
+    return (await Deno.readTextFile(path)).trim();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  const secret = randomSecret(32);
+  await Deno.writeTextFile(path, secret + "\n", { mode: 0o600, createNew: true });
+  return secret;
+}
+
+function dirname(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
+}
+
+async function main(): Promise<void> {
+  const config = readConfig(Deno.args);
+  if (!isLogLevel(config.logLevel)) {
+    throw new Error(
+      `DOPPEL_LOG_LEVEL ${JSON.stringify(config.logLevel)} is not one of debug, info, warn, error.`,
+    );
+  }
+  const logger = jsonLogger(config.logLevel);
+  const remote = /^https?:\/\//.test(config.kvPath);
+  if (!remote && config.kvPath !== ":memory:") {
+    await Deno.mkdir(dirname(config.kvPath), { recursive: true });
+  }
+  const kinds = await loadKinds(config.twinsDir);
+  const kv = await Deno.openKv(config.kvPath);
+  const doppel = await createApp({
+    kv,
+    clock: systemClock,
+    kinds,
+    secret: await serverSecret(config, !remote),
+    adminToken: config.adminToken,
+    logger,
+  });
+  if (doppel.createdAdminToken) {
+    // Shown once, on first start; only its hash is kept.
+    console.log(`\nOperator token (shown only now, keep it safe): ${doppel.createdAdminToken}\n`);
+  }
+  doppel.start();
+  const stop = new AbortController();
+  const server = Deno.serve({
+    port: config.port,
+    hostname: config.hostname,
+    signal: stop.signal,
+    onListen: ({ hostname, port }) => {
+      logger.log("info", "main", `Doppel listening on http://${hostname}:${port}`, {
+        port,
+        kv: remote ? "remote" : config.kvPath,
+        kinds: [...kinds.keys()],
+      });
+    },
+  }, doppel.app.fetch);
+  let stopping = false;
+  const shutdown = async () => {
+    if (stopping) return;
+    stopping = true;
+    logger.log("info", "main", "Shutting down.");
+    stop.abort();
+    await doppel.close();
+    await server.finished;
+    kv.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", shutdown);
+  Deno.addSignalListener("SIGTERM", shutdown);
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    console.error(`doppel: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,8 @@
+/**
+ * What twin kind files import: `import { defineTwin, z } from "doppel";`.
+ * @module
+ */
+export { z } from "zod";
+export { defineTwin } from "./twin/kind.ts";
+export type { CommandOptions, TwinContext, TwinDefinition, TwinKind } from "./twin/kind.ts";
+export type { Json, JsonObject } from "./twin/json.ts";

@@ -1,0 +1,74 @@
+/**
+ * Every Deno KV key Doppel uses, in one place. Keys are tuples, collection first; indexes point
+ * at the main key and hold no copies.
+ * @module
+ */
+
+/** Key builders. */
+export const keys = {
+  /** A twin's head entry (its record, or the first chunk of it). */
+  twin: (id: string): Deno.KvKey => ["twins", id],
+  /** Further chunks of a twin record too large for one KV value. */
+  twinChunk: (id: string, index: number): Deno.KvKey => ["twin_chunks", id, index],
+  /** All of a twin's chunks. */
+  twinChunks: (id: string): Deno.KvKey => ["twin_chunks", id],
+  /** A registered device. */
+  device: (id: string): Deno.KvKey => ["devices", id],
+  /** All devices. */
+  devices: (): Deno.KvKey => ["devices"],
+  /** Devices of one kind. */
+  devicesByKind: (kind: string, id?: string): Deno.KvKey =>
+    id === undefined ? ["devices_by_kind", kind] : ["devices_by_kind", kind, id],
+  /** Devices with one tag value. */
+  devicesByTag: (tag: string, value: string, id?: string): Deno.KvKey =>
+    id === undefined ? ["devices_by_tag", tag, value] : ["devices_by_tag", tag, value, id],
+  /** A gateway's children. */
+  devicesByParent: (parent: string, id?: string): Deno.KvKey =>
+    id === undefined ? ["devices_by_parent", parent] : ["devices_by_parent", parent, id],
+  /** One command of a device, by queue position. */
+  command: (deviceId: string, seq: number): Deno.KvKey => ["commands", deviceId, seq],
+  /** All commands of a device. */
+  commands: (deviceId: string): Deno.KvKey => ["commands", deviceId],
+  /** An `Idempotency-Key` used to create a command: points at the command's id. */
+  commandIdempotency: (
+    deviceId: string,
+    key: string,
+  ): Deno.KvKey => ["command_idempotency", deviceId, key],
+  /** A telemetry message id already applied. */
+  dedupe: (deviceId: string, messageId: string): Deno.KvKey => ["dedupe", deviceId, messageId],
+  /** A twin event. */
+  event: (deviceId: string, seq: number): Deno.KvKey => ["events", deviceId, seq],
+  /** A twin's timer: when it next needs a turn by itself. */
+  timer: (dueAt: number, id: string): Deno.KvKey => ["timers", dueAt, id],
+  /** The operator token's hash. */
+  adminToken: (): Deno.KvKey => ["admin", "token"],
+} as const;
+
+/** Prefixes holding a device's data, all removed when the device is deleted. */
+export function devicePrefixes(deviceId: string): Deno.KvKey[] {
+  return [
+    ["commands", deviceId],
+    ["command_idempotency", deviceId],
+    ["dedupe", deviceId],
+    ["events", deviceId],
+    ["twin_chunks", deviceId],
+    ["telemetry", deviceId],
+    ["rollups", deviceId],
+  ];
+}
+
+/** Deletes every entry under `prefix`, a few hundred per atomic. */
+export async function deletePrefix(kv: Deno.Kv, prefix: Deno.KvKey): Promise<number> {
+  let removed = 0;
+  for (;;) {
+    const atomic = kv.atomic();
+    let n = 0;
+    for await (const entry of kv.list({ prefix }, { limit: 500 })) {
+      atomic.delete(entry.key);
+      n++;
+    }
+    if (n === 0) return removed;
+    await atomic.commit();
+    removed += n;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * How a twin record is laid out in KV. A record is stored as JSON text under `["twins", id]`;
+ * when it is larger than one KV value may be (64 KiB), the rest goes in numbered chunks under
+ * `["twin_chunks", id, n]`, written in the same atomic. The head is what every commit checks.
+ * @module
+ */
+import type { TwinRecord } from "../twin/state.ts";
+import { keys } from "./keys.ts";
+
+/** Characters per chunk: a string of two-byte characters stays under KV's 64 KiB value cap. */
+const CHUNK_CHARS = 30_000;
+
+/** The head entry's value. */
+interface Head {
+  /** JSON text of the record, or its first chunk. */
+  json: string;
+  /** Chunks in all, counting this one. */
+  chunks: number;
+}
+
+/** A record read from KV with its head's versionstamp. */
+export interface StoredTwin {
+  /** The record. */
+  state: TwinRecord;
+  /** The head's versionstamp. */
+  versionstamp: string;
+}
+
+/** Reads a twin record, or `null` if there is none. */
+export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | null> {
+  for (;;) {
+    const head = await kv.get<Head>(keys.twin(id));
+    if (head.versionstamp === null) return null;
+    if (head.value.chunks <= 1) {
+      return { state: JSON.parse(head.value.json), versionstamp: head.versionstamp };
+    }
+    // Read the head again with its chunks in consistent snapshots of 10 keys; if the head moved
+    // meanwhile, start over.
+    const parts = [head.value.json];
+    let moved = false;
+    for (let i = 1; i < head.value.chunks && !moved; i += 9) {
+      const wanted: [Deno.KvKey, ...Deno.KvKey[]] = [keys.twin(id)];
+      for (let j = i; j < Math.min(i + 9, head.value.chunks); j++) {
+        wanted.push(keys.twinChunk(id, j));
+      }
+      const [again, ...chunks] = await kv.getMany<unknown[]>(wanted);
+      if (again.versionstamp !== head.versionstamp) moved = true;
+      else for (const chunk of chunks) parts.push(chunk.value as string);
+    }
+    if (!moved) return { state: JSON.parse(parts.join("")), versionstamp: head.versionstamp };
+  }
+}
+
+/** The head's versionstamp now, or `null` if the twin is gone. */
+export async function twinVersionstamp(kv: Deno.Kv, id: string): Promise<string | null> {
+  return (await kv.get(keys.twin(id))).versionstamp;
+}
+
+/** Mutations writing `record` over a stored one that had `previousChunks` chunks. */
+export function encodeTwin(
+  record: TwinRecord,
+  previousChunks: number,
+): { mutations: Deno.KvMutation[]; bytes: number; chunks: number } {
+  const json = JSON.stringify(record);
+  const chunks = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
+  const mutations: Deno.KvMutation[] = [{
+    type: "set",
+    key: keys.twin(record.id),
+    value: { json: json.slice(0, CHUNK_CHARS), chunks } satisfies Head,
+  }];
+  for (let i = 1; i < chunks; i++) {
+    mutations.push({
+      type: "set",
+      key: keys.twinChunk(record.id, i),
+      value: json.slice(i * CHUNK_CHARS, (i + 1) * CHUNK_CHARS),
+    });
+  }
+  for (let i = chunks; i < previousChunks; i++) {
+    mutations.push({ type: "delete", key: keys.twinChunk(record.id, i) });
+  }
+  // deno-lint-ignore no-control-regex
+  const perChar = /^[\x00-\xff]*$/.test(json) ? 1 : 2;
+  return { mutations, bytes: json.length * perChar + 64 * chunks, chunks };
+}
+
+/** How many chunks the stored form of `record` takes. */
+export function chunkCount(record: TwinRecord): number {
+  return Math.max(1, Math.ceil(JSON.stringify(record).length / CHUNK_CHARS));
+}

@@ -1,0 +1,102 @@
+/**
+ * JSON helpers for the twin model: merge patches (RFC 7396), deltas and per-leaf metadata.
+ * Every function here returns new objects and never mutates its inputs, so a turn can drop a
+ * message's changes by simply not keeping them.
+ * @module
+ */
+
+/** A JSON value. */
+export type Json = null | boolean | number | string | Json[] | JsonObject;
+/** A JSON object. */
+export type JsonObject = { [key: string]: Json };
+
+/** Per-leaf metadata: when a property last changed and at which twin version. */
+export interface LeafMeta {
+  /** ISO 8601 time of the last change. */
+  updatedAt: string;
+  /** The twin version that made the change. */
+  version: number;
+}
+
+/** A metadata tree mirroring a document: objects nest, every other value has a {@link LeafMeta}. */
+export type MetaTree = { [key: string]: LeafMeta | MetaTree };
+
+/** Whether a value is a plain JSON object (not an array, not null). */
+export function isObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** Applies an RFC 7396 merge patch to `target`, returning the result. */
+export function applyMergePatch(target: Json | undefined, patch: Json): Json {
+  if (!isObject(patch)) return patch;
+  const base: JsonObject = isObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete base[key];
+    else base[key] = applyMergePatch(base[key], value);
+  }
+  return base;
+}
+
+/** Deep equality of two JSON values. */
+export function jsonEqual(a: Json | undefined, b: Json | undefined): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) || Array.isArray(b)) {
+    if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length) return false;
+    return a.every((item, i) => jsonEqual(item, b[i]));
+  }
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((key) => key in b && jsonEqual(a[key], b[key]));
+}
+
+/** The desired leaves that differ from reported: what the device still has to do. */
+export function computeDelta(desired: JsonObject, reported: JsonObject): JsonObject {
+  const delta: JsonObject = {};
+  for (const [key, want] of Object.entries(desired)) {
+    const have = reported[key];
+    if (isObject(want) && isObject(have)) {
+      const inner = computeDelta(want, have);
+      if (Object.keys(inner).length > 0) delta[key] = inner;
+    } else if (!jsonEqual(want, have)) {
+      delta[key] = want;
+    }
+  }
+  return delta;
+}
+
+/**
+ * Updates a metadata tree for the leaves a merge patch touched: deleted properties lose their
+ * metadata, set ones get `{updatedAt, version}`.
+ */
+export function updateMeta(
+  meta: MetaTree,
+  patch: JsonObject,
+  stamp: LeafMeta,
+): MetaTree {
+  const next: MetaTree = { ...meta };
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) {
+      delete next[key];
+    } else if (isObject(value)) {
+      const current = next[key];
+      const inner = current && !isLeafMeta(current) ? current : {};
+      next[key] = updateMeta(inner, value, stamp);
+    } else {
+      next[key] = stamp;
+    }
+  }
+  return next;
+}
+
+function isLeafMeta(value: LeafMeta | MetaTree): value is LeafMeta {
+  return typeof value.updatedAt === "string" && typeof value.version === "number";
+}
+
+/** UTF-8 byte length of a value's JSON text. */
+export function jsonBytes(value: unknown): number {
+  const text = JSON.stringify(value) ?? "";
+  // Fast path: pure ASCII is one byte a character.
+  // deno-lint-ignore no-control-regex
+  return /^[\x00-\x7f]*$/.test(text) ? text.length : new TextEncoder().encode(text).length;
+}

@@ -1,0 +1,127 @@
+/**
+ * Twin kinds: what a device of some kind may say and be told, and what its twin does about it.
+ * A kind is user code in `twins/`, written with {@link defineTwin}.
+ * @module
+ */
+import { z } from "zod";
+import type { Json, JsonObject } from "./json.ts";
+import type { PublicTwin } from "./state.ts";
+
+/** Options for a command a handler sends. */
+export interface CommandOptions {
+  /** Seconds the command may wait to be delivered before it expires. */
+  ttl?: number;
+  /** Seconds the device has, once the command is delivered, to return a result. */
+  timeout?: number;
+}
+
+/** What a handler sees and may do inside the twin's turn. Handlers do no I/O. */
+export interface TwinContext {
+  /** The twin as it stands, before this handler's own changes. */
+  readonly twin: Readonly<PublicTwin>;
+  /** The kind's private memory, persisted with the twin; replace it with {@link setMemory}. */
+  readonly memory: Readonly<JsonObject>;
+  /** The turn's time, in milliseconds since the epoch. */
+  readonly now: number;
+  /** Queues a command to the device; it leaves only once the turn has committed. */
+  sendCommand(name: string, payload?: Json, options?: CommandOptions): void;
+  /** Merge-patches desired state (validated against the kind's desired schema). */
+  patchDesired(patch: JsonObject): void;
+  /** Records an event in the twin's history. */
+  recordEvent(type: string, data?: Json): void;
+  /** Replaces the kind's private memory. */
+  setMemory(memory: JsonObject): void;
+}
+
+/** Handlers that run inside the twin's turn, after the change they react to is applied. */
+export interface TwinHandlers<T, D, R> {
+  /** After a telemetry item is accepted. */
+  onTelemetry?(ctx: TwinContext, item: T & { ts: number }): void;
+  /** After the device patched its reported state. */
+  onReported?(ctx: TwinContext, patch: JsonObject, reported: R): void;
+  /** After an operator (or a handler) patched desired state. */
+  onDesired?(ctx: TwinContext, patch: JsonObject, desired: D): void;
+}
+
+/** The definition a kind file writes. */
+export interface TwinDefinition<
+  T extends z.ZodType = z.ZodType,
+  D extends z.ZodType = z.ZodType,
+  R extends z.ZodType = z.ZodType,
+> {
+  /** The kind's name, as devices are registered with it. */
+  kind: string;
+  /** A sentence for people: what this kind of device is. */
+  description?: string;
+  /** Schema of one telemetry item (without the envelope fields `ts` and `id`). */
+  telemetry: T;
+  /** Schema of the whole desired document. */
+  desired: D;
+  /** Schema of the whole reported document. */
+  reported: R;
+  /** One payload schema per command name. */
+  commands?: Record<string, z.ZodType>;
+  /** Code that runs in the twin's turn. */
+  handlers?: TwinHandlers<z.output<T>, z.output<D>, z.output<R>>;
+}
+
+/** A loaded kind, as the runtime uses it. */
+export interface TwinKind {
+  /** Marks objects made by {@link defineTwin}. */
+  readonly __doppelKind: true;
+  /** The kind's name. */
+  readonly kind: string;
+  /** What this kind of device is. */
+  readonly description: string;
+  /** Telemetry item schema. */
+  readonly telemetry: z.ZodType;
+  /** Desired document schema. */
+  readonly desired: z.ZodType;
+  /** Reported document schema. */
+  readonly reported: z.ZodType;
+  /** Command payload schemas, by name. */
+  readonly commands: Readonly<Record<string, z.ZodType>>;
+  /** Turn handlers. */
+  readonly handlers: TwinHandlers<unknown, unknown, unknown>;
+}
+
+const KIND_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
+
+/** Declares a twin kind: its schemas and the handlers that run in its turns. */
+export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z.ZodType>(
+  definition: TwinDefinition<T, D, R>,
+): TwinKind {
+  if (!KIND_NAME.test(definition.kind ?? "")) {
+    throw new Error(
+      `Kind name ${
+        JSON.stringify(definition.kind)
+      } is invalid: use lower-case letters, digits, '-' or '_', starting with a letter.`,
+    );
+  }
+  for (const field of ["telemetry", "desired", "reported"] as const) {
+    if (!(definition[field] instanceof z.ZodType)) {
+      throw new Error(`Kind "${definition.kind}" needs a zod schema for ${field}.`);
+    }
+  }
+  for (const [name, schema] of Object.entries(definition.commands ?? {})) {
+    if (!(schema instanceof z.ZodType)) {
+      throw new Error(`Kind "${definition.kind}" command "${name}" needs a zod payload schema.`);
+    }
+  }
+  return Object.freeze({
+    __doppelKind: true as const,
+    kind: definition.kind,
+    description: definition.description ?? "",
+    telemetry: definition.telemetry,
+    desired: definition.desired,
+    reported: definition.reported,
+    commands: Object.freeze({ ...definition.commands }),
+    handlers: (definition.handlers ?? {}) as TwinHandlers<unknown, unknown, unknown>,
+  });
+}
+
+/** Whether a module export is a kind made by {@link defineTwin}. */
+export function isTwinKind(value: unknown): value is TwinKind {
+  return typeof value === "object" && value !== null &&
+    (value as { __doppelKind?: unknown }).__doppelKind === true;
+}

@@ -1,0 +1,404 @@
+/**
+ * The twin runtime: twin actors over the generic actor core. It loads twins from KV, runs their
+ * turns, commits through the grouped batcher, releases effects on the event bus after commit, and
+ * wakes twins whose durable timers fall due.
+ * @module
+ */
+import type { Activation, Behavior, Loaded, Plan } from "../actor/activation.ts";
+import { type BatcherOptions, CommitBatcher } from "../actor/commit_batcher.ts";
+import { Directory } from "../actor/directory.ts";
+import type { Clock } from "../clock.ts";
+import { COMMAND_LIMITS, type CommandRecord, parseCommandSeq } from "../commands/model.ts";
+import { DoppelError } from "../errors.ts";
+import type { EventBus } from "../events/bus.ts";
+import type { Logger } from "../log.ts";
+import { keys } from "../storage/keys.ts";
+import { encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts";
+import type { TwinKind } from "./kind.ts";
+import type { TwinRecord } from "./state.ts";
+import { runTurn, type TurnReads, type TwinMessage } from "./turn.ts";
+
+/** How long a telemetry message id is remembered, so a resend is not applied twice (24 h). */
+export const DEDUPE_WINDOW_MS = 24 * 3_600_000;
+/** How long an `Idempotency-Key` is remembered (24 h). */
+export const IDEMPOTENCY_WINDOW_MS = 24 * 3_600_000;
+/** How long twin events are kept (30 days). */
+export const EVENT_RETENTION_MS = 30 * 86_400_000;
+
+/** What the runtime needs. */
+export interface TwinRuntimeOptions {
+  /** The store. */
+  kv: Deno.Kv;
+  /** Time. */
+  clock: Clock;
+  /** Kinds by name. */
+  kinds: ReadonlyMap<string, TwinKind>;
+  /** Where committed notices go. */
+  bus: EventBus;
+  /** Where log lines go. */
+  logger: Logger;
+  /** Most twins kept in memory (default 100,000). */
+  maxActivations?: number;
+  /** Idle twins are passivated after this many ms (default 10 minutes). */
+  idleMs?: number;
+  /** Commit batching. */
+  batcher?: BatcherOptions;
+  /** Random hex for ids (tests may fix it). */
+  randomId?: () => string;
+}
+
+/** Twin actors, their commits and their timers. */
+export class TwinRuntime {
+  #kv: Deno.Kv;
+  #clock: Clock;
+  #bus: EventBus;
+  #logger: Logger;
+  #kinds: ReadonlyMap<string, TwinKind>;
+  #directory: Directory<TwinRecord, TwinMessage>;
+  #batcher: CommitBatcher;
+  #loops: ReturnType<typeof setInterval>[] = [];
+  #timersRunning: Promise<number> | null = null;
+  #stats = { batches: 0, batchedRequests: 0, commitMs: 0 };
+
+  /** Creates a runtime; call {@link start} to run its timer and idle-collection loops. */
+  constructor(options: TwinRuntimeOptions) {
+    this.#kv = options.kv;
+    this.#clock = options.clock;
+    this.#bus = options.bus;
+    this.#logger = options.logger;
+    this.#kinds = options.kinds;
+    this.#batcher = new CommitBatcher(options.kv, {
+      ...options.batcher,
+      onBatch: (requests, ms) => {
+        this.#stats.batches++;
+        this.#stats.batchedRequests += requests;
+        this.#stats.commitMs += ms;
+        options.batcher?.onBatch?.(requests, ms);
+      },
+    });
+    this.#directory = new Directory({
+      behavior: new TwinBehavior(this, options.randomId ?? randomHex),
+      batcher: this.#batcher,
+      maxActivations: options.maxActivations,
+      idleMs: options.idleMs,
+      now: () => this.#clock.now(),
+    });
+  }
+
+  /** The kinds this runtime knows. */
+  get kinds(): ReadonlyMap<string, TwinKind> {
+    return this.#kinds;
+  }
+
+  /** Commit statistics since start. */
+  get stats(): Readonly<{ batches: number; batchedRequests: number; commitMs: number }> {
+    return this.#stats;
+  }
+
+  /** Twins activated in memory. */
+  get activations(): number {
+    return this.#directory.size;
+  }
+
+  /** Sends a message to twin `id`; resolves with its reply once the turn has committed. */
+  send(id: string, message: TwinMessage): Promise<unknown> {
+    return this.#directory.send(id, message);
+  }
+
+  /** Applies telemetry items (already parsed JSON) to a twin. */
+  telemetry(id: string, items: unknown[]): Promise<{ accepted: number; duplicates: number }> {
+    return this.send(id, { type: "telemetry", items }) as Promise<
+      { accepted: number; duplicates: number }
+    >;
+  }
+
+  /** Merge-patches a twin's reported state. */
+  patchReported(id: string, patch: unknown): Promise<{ version: number }> {
+    return this.send(id, { type: "reported", patch }) as Promise<{ version: number }>;
+  }
+
+  /** Merge-patches a twin's desired state, optionally only at version `ifMatch`. */
+  patchDesired(id: string, patch: unknown, ifMatch?: number): Promise<TwinRecord> {
+    return this.send(id, { type: "desired", patch, ifMatch }) as Promise<TwinRecord>;
+  }
+
+  /** Queues a command. */
+  createCommand(
+    id: string,
+    command: Omit<Extract<TwinMessage, { type: "command.create" }>, "type">,
+  ): Promise<{ command: CommandRecord; created: boolean }> {
+    return this.send(id, { type: "command.create", ...command }) as Promise<
+      { command: CommandRecord; created: boolean }
+    >;
+  }
+
+  /** Hands the device its queued commands, marking them delivered. */
+  deliverCommands(id: string, limit?: number): Promise<CommandRecord[]> {
+    return this.send(id, { type: "command.deliver", limit }) as Promise<CommandRecord[]>;
+  }
+
+  /** Records a command's result from the device. */
+  completeCommand(
+    id: string,
+    commandId: string,
+    status: "succeeded" | "failed",
+    result?: unknown,
+  ): Promise<CommandRecord> {
+    return this.send(id, {
+      type: "command.result",
+      commandId,
+      status,
+      result: result as CommandRecord["result"],
+    }) as Promise<CommandRecord>;
+  }
+
+  /** Reads one command of a device from KV. */
+  async getCommand(deviceId: string, commandId: string): Promise<CommandRecord | null> {
+    const seq = parseCommandSeq(commandId);
+    if (seq === undefined) return null;
+    const entry = await this.#kv.get<CommandRecord>(keys.command(deviceId, seq));
+    return entry.value?.id === commandId ? entry.value : null;
+  }
+
+  /** Forgets a twin held in memory (after its device was deleted). */
+  evict(id: string): void {
+    this.#directory.evict(id);
+  }
+
+  /** The in-memory activation of a twin, if any (for tests and diagnostics). */
+  peek(id: string): Activation<TwinRecord, TwinMessage> | undefined {
+    return this.#directory.peek(id);
+  }
+
+  /** Starts the timer loop (every `timerMs`) and idle collection (every `collectMs`). */
+  start(timerMs = 1000, collectMs = 60_000): void {
+    this.#loops.push(setInterval(() => {
+      this.runDueTimers().catch((error) =>
+        this.#logger.log("error", "timers", `Timer sweep failed: ${error}`)
+      );
+    }, timerMs));
+    this.#loops.push(setInterval(() => this.#directory.collectIdle(), collectMs));
+  }
+
+  /** Passivates twins idle past the timeout; returns how many. */
+  collectIdle(): number {
+    return this.#directory.collectIdle();
+  }
+
+  /** Sends a tick to every twin whose timer is due; returns how many were due. */
+  runDueTimers(): Promise<number> {
+    // One sweep at a time: a slow sweep must not overlap the next interval's.
+    this.#timersRunning ??= this.#sweepTimers().finally(() => this.#timersRunning = null);
+    return this.#timersRunning;
+  }
+
+  async #sweepTimers(): Promise<number> {
+    const now = this.#clock.now();
+    const due: Promise<unknown>[] = [];
+    for await (
+      const entry of this.#kv.list({ prefix: ["timers"], end: ["timers", now + 1] }, {
+        limit: 1000,
+      })
+    ) {
+      const [, dueAt, id] = entry.key as [string, number, string];
+      due.push(
+        this.send(id, { type: "tick", dueAt }).catch(async (error) => {
+          if (error instanceof DoppelError && error.code === "not_found") {
+            await this.#kv.delete(entry.key); // The twin is gone; so is its timer.
+          } else {
+            this.#logger.log("error", "timers", `Timer for twin ${id} failed: ${error}`, {
+              deviceId: id,
+            });
+          }
+        }),
+      );
+    }
+    await Promise.all(due);
+    return due.length;
+  }
+
+  /** Stops the loops and waits for commits in flight. */
+  async close(): Promise<void> {
+    for (const id of this.#loops.splice(0)) clearInterval(id);
+    await this.#timersRunning;
+    await this.#batcher.drain();
+  }
+
+  /** Reads a kind by name or fails with a sentence naming it. */
+  kindOf(name: string): TwinKind {
+    const kind = this.#kinds.get(name);
+    if (!kind) throw new DoppelError("internal", `Twin kind "${name}" is not loaded.`);
+    return kind;
+  }
+
+  /** @internal For {@link TwinBehavior}. */
+  get internals(): { kv: Deno.Kv; clock: Clock; bus: EventBus; logger: Logger } {
+    return { kv: this.#kv, clock: this.#clock, bus: this.#bus, logger: this.#logger };
+  }
+}
+
+/** Twins as actors: how to load, read for, run and encode a turn. */
+class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
+  #runtime: TwinRuntime;
+  #randomId: () => string;
+  // Chunks each stored record took, so a shrinking record deletes its leftovers.
+  #chunks = new WeakMap<TwinRecord, number>();
+
+  constructor(runtime: TwinRuntime, randomId: () => string) {
+    this.#runtime = runtime;
+    this.#randomId = randomId;
+  }
+
+  async load(id: string): Promise<Loaded<TwinRecord> | null> {
+    const stored = await loadTwin(this.#runtime.internals.kv, id);
+    if (stored) this.#chunks.set(stored.state, -1);
+    return stored;
+  }
+
+  async isCurrent(id: string, versionstamp: string): Promise<boolean> {
+    return (await twinVersionstamp(this.#runtime.internals.kv, id)) === versionstamp;
+  }
+
+  notFound(id: string): Error {
+    return new DoppelError("not_found", `Device ${id} has no twin (it may have been deleted).`);
+  }
+
+  async plan(
+    id: string,
+    current: Loaded<TwinRecord>,
+    messages: TwinMessage[],
+  ): Promise<Plan<TwinRecord>> {
+    const { clock, bus, logger } = this.#runtime.internals;
+    const kind = this.#runtime.kindOf(current.state.kind);
+    const reads = await this.#read(id, current.state, messages);
+    const now = clock.now();
+    const turn = runTurn(current.state, messages, reads, { kind, now, randomId: this.#randomId });
+    if (!turn.changed) {
+      return { state: current.state, replies: turn.replies, commit: null, release() {} };
+    }
+    const state = turn.state;
+    const previous = this.#chunks.get(current.state) ?? 1;
+    const encoded = encodeTwin(state, previous < 0 ? chunksOf(current.state) : previous);
+    this.#chunks.set(state, encoded.chunks);
+    const mutations = encoded.mutations;
+    let bytes = encoded.bytes;
+    for (const command of turn.writes.commands) {
+      const done = command.status !== "queued" && command.status !== "delivered";
+      mutations.push({
+        type: "set",
+        key: keys.command(id, command.seq),
+        value: command,
+        ...(done ? { expireIn: COMMAND_LIMITS.keepFinishedMs } : {}),
+      });
+      bytes += 512 + JSON.stringify(command.payload ?? null).length +
+        JSON.stringify(command.result ?? null).length;
+    }
+    for (const messageId of turn.writes.messageIds) {
+      mutations.push({
+        type: "set",
+        key: keys.dedupe(id, messageId),
+        value: 1,
+        expireIn: DEDUPE_WINDOW_MS,
+      });
+      bytes += 64 + messageId.length;
+    }
+    for (const [key, commandId] of turn.writes.idempotency) {
+      mutations.push({
+        type: "set",
+        key: keys.commandIdempotency(id, key),
+        value: commandId,
+        expireIn: IDEMPOTENCY_WINDOW_MS,
+      });
+      bytes += 128 + key.length;
+    }
+    for (const event of turn.writes.events) {
+      mutations.push({
+        type: "set",
+        key: keys.event(id, event.seq),
+        value: event,
+        expireIn: EVENT_RETENTION_MS,
+      });
+      bytes += 256 + JSON.stringify(event.data ?? null).length;
+    }
+    const oldTimer = current.state.timerAt;
+    if (oldTimer !== state.timerAt) {
+      if (oldTimer !== null) mutations.push({ type: "delete", key: keys.timer(oldTimer, id) });
+      if (state.timerAt !== null) {
+        mutations.push({ type: "set", key: keys.timer(state.timerAt, id), value: null });
+      }
+    }
+    const stale = turn.writes.staleTimer;
+    if (stale !== null && stale !== state.timerAt) {
+      mutations.push({ type: "delete", key: keys.timer(stale, id) });
+    }
+    return {
+      state,
+      replies: turn.replies,
+      commit: {
+        checks: [{ key: keys.twin(id), versionstamp: current.versionstamp }],
+        mutations,
+        bytes,
+      },
+      release() {
+        for (const notice of turn.notices) {
+          if (notice.type === "log") {
+            logger.log(notice.level, "twin", notice.message, { deviceId: notice.deviceId });
+          } else {
+            bus.publish(notice);
+          }
+        }
+      },
+    };
+  }
+
+  /** Reads what the turn needs: telemetry ids already seen, commands behind idempotency keys. */
+  async #read(id: string, state: TwinRecord, messages: TwinMessage[]): Promise<TurnReads> {
+    const kv = this.#runtime.internals.kv;
+    const messageIds: string[] = [];
+    const idemKeys: string[] = [];
+    for (const message of messages) {
+      if (message.type === "telemetry") {
+        for (const item of message.items) {
+          const mid = (item as { id?: unknown } | null)?.id;
+          if (typeof mid === "string" && mid.length > 0 && mid.length <= 128) messageIds.push(mid);
+        }
+      } else if (message.type === "command.create" && message.idempotencyKey !== undefined) {
+        idemKeys.push(message.idempotencyKey);
+      }
+    }
+    const seenMessageIds = new Set<string>();
+    const idempotent = new Map<string, CommandRecord>();
+    if (messageIds.length === 0 && idemKeys.length === 0) return { seenMessageIds, idempotent };
+    const reads: Promise<void>[] = [];
+    for (let i = 0; i < messageIds.length; i += 10) {
+      const slice = messageIds.slice(i, i + 10);
+      reads.push(
+        kv.getMany(slice.map((mid) => keys.dedupe(id, mid))).then((entries) =>
+          entries.forEach((entry, j) => {
+            if (entry.versionstamp !== null) seenMessageIds.add(slice[j]);
+          })
+        ),
+      );
+    }
+    for (const key of idemKeys) {
+      reads.push((async () => {
+        const entry = await kv.get<string>(keys.commandIdempotency(id, key));
+        if (entry.value === null) return;
+        const pending = state.commands.pending.find((c) => c.id === entry.value);
+        const command = pending ?? await this.#runtime.getCommand(id, entry.value);
+        if (command) idempotent.set(key, command);
+      })());
+    }
+    await Promise.all(reads);
+    return { seenMessageIds, idempotent };
+  }
+}
+
+function chunksOf(record: TwinRecord): number {
+  return Math.max(1, Math.ceil(JSON.stringify(record).length / 30_000));
+}
+
+function randomHex(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(4));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}

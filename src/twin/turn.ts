@@ -1,0 +1,666 @@
+/**
+ * The twin's turn: given its record, a batch of messages and what was read for them, compute the
+ * next record, a reply per message, the writes that must commit with it, and the notices to
+ * release once it has. Pure: no I/O, no clock, no randomness but what is passed in, so a turn can
+ * be replayed after a conflict and kinds are trivial to test.
+ * @module
+ */
+import type { z } from "zod";
+import {
+  COMMAND_LIMITS,
+  commandDueAt,
+  commandId,
+  type CommandRecord,
+  type CommandStatus,
+  expireDue,
+  parseCommandSeq,
+  transition,
+} from "../commands/model.ts";
+import { DoppelError, type FieldIssue, validationError } from "../errors.ts";
+import {
+  applyMergePatch,
+  isObject,
+  type Json,
+  jsonBytes,
+  type JsonObject,
+  updateMeta,
+} from "./json.ts";
+import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
+import { publicTwin, type TwinRecord } from "./state.ts";
+
+/** Limits on twin documents and telemetry. */
+export const TWIN_LIMITS = {
+  /** Largest desired or reported document, in bytes of JSON. */
+  maxStateBytes: 32_768,
+  /** Most items in one telemetry batch. */
+  maxBatchItems: 500,
+  /** Longest telemetry message `id`. */
+  maxMessageIdLength: 128,
+  /** A device `ts` further ahead than this (ms) is not sane; arrival time is used. */
+  maxFutureSkewMs: 5 * 60_000,
+  /** A device `ts` older than this (ms) is not sane; arrival time is used. */
+  maxPastSkewMs: 30 * 86_400_000,
+} as const;
+
+/** A message to a twin. */
+export type TwinMessage =
+  | { type: "telemetry"; items: unknown[] }
+  | { type: "reported"; patch: unknown }
+  | { type: "desired"; patch: unknown; ifMatch?: number }
+  | {
+    type: "command.create";
+    name: string;
+    payload?: Json;
+    ttl?: number;
+    timeout?: number;
+    idempotencyKey?: string;
+  }
+  | { type: "command.deliver"; limit?: number }
+  | { type: "command.result"; commandId: string; status: "succeeded" | "failed"; result?: Json }
+  | { type: "tick"; dueAt: number };
+
+/** What was read from KV for a batch before its turn: the only I/O a turn depends on. */
+export interface TurnReads {
+  /** Telemetry message ids already applied. */
+  seenMessageIds: ReadonlySet<string>;
+  /** Commands already created under an `Idempotency-Key`, by key. */
+  idempotent: ReadonlyMap<string, CommandRecord>;
+}
+
+/** What the turn gets from outside besides the record. */
+export interface TurnEnv {
+  /** The device's kind. */
+  kind: TwinKind;
+  /** The turn's time in ms. */
+  now: number;
+  /** 8 random hex characters, for command ids. */
+  randomId(): string;
+}
+
+/** An event in a twin's history, stored under `["events", deviceId, seq]`. */
+export interface TwinEvent {
+  /** Position in the twin's event history. */
+  seq: number;
+  /** What happened, such as `desired.changed` or a kind's own type. */
+  type: string;
+  /** When. */
+  at: string;
+  /** Details. */
+  data?: Json;
+}
+
+/** Something to release once the turn has committed. */
+export type Notice =
+  | { type: "twin.changed"; deviceId: string; version: number; parts: string[] }
+  | { type: "desired.changed"; deviceId: string; version: number; patch: JsonObject }
+  | { type: "command.changed"; command: CommandRecord }
+  | { type: "event"; deviceId: string; event: TwinEvent }
+  | { type: "log"; level: "warn" | "error"; message: string; deviceId: string };
+
+/** The reply to one message: a value or an error. */
+export type Reply = { ok: true; value: unknown } | { ok: false; error: DoppelError };
+
+/** Everything a turn decided. */
+export interface TurnResult {
+  /** The next record. */
+  state: TwinRecord;
+  /** One reply per message, in order. */
+  replies: Reply[];
+  /** Whether anything must be committed. */
+  changed: boolean;
+  /** Records to commit beside the twin. */
+  writes: {
+    /** Commands created or changed. */
+    commands: CommandRecord[];
+    /** Telemetry message ids applied now. */
+    messageIds: string[];
+    /** Idempotency keys used now, with the command each created. */
+    idempotency: Array<[string, string]>;
+    /** Events recorded. */
+    events: TwinEvent[];
+    /** A stale `["timers"]` entry to remove, besides the record's own. */
+    staleTimer: number | null;
+  };
+  /** What to release after commit. */
+  notices: Notice[];
+}
+
+/** Runs one turn over a batch of messages. */
+export function runTurn(
+  record: TwinRecord,
+  messages: readonly TwinMessage[],
+  reads: TurnReads,
+  env: TurnEnv,
+): TurnResult {
+  const turn = new Turn(record, reads, env);
+  const replies = messages.map((message) => turn.apply(message));
+  return turn.finish(replies, record);
+}
+
+type Draft = {
+  state: TwinRecord;
+  commands: Map<number, CommandRecord>;
+  messageIds: string[];
+  idempotency: Array<[string, string]>;
+  events: TwinEvent[];
+  notices: Notice[];
+  changed: boolean;
+};
+
+class Turn {
+  #draft: Draft;
+  #reads: TurnReads;
+  #env: TurnEnv;
+  #staleTimer: number | null = null;
+  #seen = new Set<string>();
+  #idem = new Map<string, CommandRecord>();
+
+  constructor(record: TwinRecord, reads: TurnReads, env: TurnEnv) {
+    this.#draft = {
+      state: record,
+      commands: new Map(),
+      messageIds: [],
+      idempotency: [],
+      events: [],
+      notices: [],
+      changed: false,
+    };
+    this.#reads = reads;
+    this.#env = env;
+  }
+
+  /** Applies one message on a copy of the draft; the copy is kept only if it succeeds. */
+  apply(message: TwinMessage): Reply {
+    const saved = this.#draft;
+    const draft = copyDraft(saved);
+    this.#draft = draft;
+    try {
+      const value = this.#dispatch(draft, message);
+      return { ok: true, value };
+    } catch (error) {
+      this.#draft = saved;
+      if (error instanceof DoppelError) return { ok: false, error };
+      throw error;
+    }
+  }
+
+  finish(replies: Reply[], original: TwinRecord): TurnResult {
+    const draft = this.#draft;
+    let state = draft.state;
+    const due = nextDue(state.commands.pending);
+    if (due !== state.timerAt) {
+      state = { ...state, timerAt: due };
+      draft.changed = true;
+    }
+    if (this.#staleTimer !== null) draft.changed = true;
+    return {
+      state: draft.changed ? state : original,
+      replies,
+      changed: draft.changed,
+      writes: {
+        commands: [...draft.commands.values()],
+        messageIds: draft.messageIds,
+        idempotency: draft.idempotency,
+        events: draft.events,
+        staleTimer: this.#staleTimer,
+      },
+      notices: draft.notices,
+    };
+  }
+
+  #dispatch(draft: Draft, message: TwinMessage): unknown {
+    switch (message.type) {
+      case "telemetry":
+        return this.#telemetry(draft, message.items);
+      case "reported":
+        return this.#reported(draft, message.patch);
+      case "desired":
+        return this.#desired(draft, message.patch, message.ifMatch);
+      case "command.create":
+        return this.#createCommand(draft, message);
+      case "command.deliver":
+        return this.#deliver(draft, message.limit ?? COMMAND_LIMITS.maxPending);
+      case "command.result":
+        return this.#result(draft, message.commandId, message.status, message.result);
+      case "tick":
+        return this.#tick(draft, message.dueAt);
+    }
+  }
+
+  #telemetry(draft: Draft, items: unknown[]): { accepted: number; duplicates: number } {
+    const { kind, now } = this.#env;
+    if (items.length === 0) throw new DoppelError("bad_request", "The telemetry batch is empty.");
+    if (items.length > TWIN_LIMITS.maxBatchItems) {
+      throw new DoppelError(
+        "payload_too_large",
+        `A telemetry batch holds at most ${TWIN_LIMITS.maxBatchItems} items; got ${items.length}.`,
+      );
+    }
+    const batch = items.length > 1;
+    const parsed: Array<{ id?: string; ts: number; values: JsonObject }> = [];
+    const issues: FieldIssue[] = [];
+    items.forEach((item, index) => {
+      const prefix = batch ? `items[${index}]` : "";
+      const at = (field: string) => (prefix && field ? `${prefix}.${field}` : prefix || field);
+      if (!isObject(item)) {
+        issues.push({ field: prefix || "(body)", message: "must be a JSON object" });
+        return;
+      }
+      const { ts, id, ...values } = item;
+      if (
+        id !== undefined && (typeof id !== "string" || id.length === 0 ||
+          id.length > TWIN_LIMITS.maxMessageIdLength)
+      ) {
+        issues.push({ field: at("id"), message: "must be a string of 1 to 128 characters" });
+      }
+      const time = parseTs(ts);
+      if (time === null) {
+        issues.push({ field: at("ts"), message: "must be epoch milliseconds or an ISO 8601 time" });
+      }
+      const result = kind.telemetry.safeParse(values);
+      if (!result.success) {
+        for (const issue of zodIssues(result.error)) {
+          issues.push({ field: at(issue.field), message: issue.message });
+        }
+      }
+      if (issues.length === 0 && result.success) {
+        const sane = time !== undefined && time !== null &&
+          time <= now + TWIN_LIMITS.maxFutureSkewMs && time >= now - TWIN_LIMITS.maxPastSkewMs;
+        parsed.push({
+          id: id as string | undefined,
+          ts: sane ? time : now,
+          values: result.data as JsonObject,
+        });
+      }
+    });
+    if (issues.length > 0) {
+      throw validationError(
+        batch ? "Telemetry batch refused whole:" : "Telemetry refused:",
+        issues,
+      );
+    }
+    let accepted = 0;
+    let duplicates = 0;
+    let state = draft.state;
+    for (const item of parsed) {
+      if (item.id !== undefined) {
+        if (this.#reads.seenMessageIds.has(item.id) || this.#seen.has(item.id)) {
+          duplicates++;
+          continue;
+        }
+        this.#seen.add(item.id);
+        draft.messageIds.push(item.id);
+      }
+      accepted++;
+      const lastAt = state.telemetry.lastAt ? Date.parse(state.telemetry.lastAt) : -Infinity;
+      // An item older than what is already shown goes to history only: `last` never goes back.
+      if (item.ts >= lastAt) {
+        state = {
+          ...state,
+          telemetry: {
+            last: { ...state.telemetry.last, ...item.values },
+            lastAt: new Date(item.ts).toISOString(),
+          },
+        };
+      }
+      draft.state = state;
+      this.#runHandler(
+        draft,
+        "onTelemetry",
+        (ctx) => kind.handlers.onTelemetry?.(ctx, { ...item.values, ts: item.ts }),
+      );
+      state = draft.state;
+    }
+    draft.state = {
+      ...draft.state,
+      connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
+    };
+    draft.changed = true;
+    return { accepted, duplicates };
+  }
+
+  #reported(draft: Draft, patch: unknown): { version: number } {
+    const { kind } = this.#env;
+    const result = this.#patchState(draft, "reported", patch, kind.reported);
+    draft.state = {
+      ...draft.state,
+      connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
+    };
+    draft.changed = true;
+    if (result) {
+      this.#runHandler(
+        draft,
+        "onReported",
+        (ctx) => kind.handlers.onReported?.(ctx, result, draft.state.reported),
+      );
+    }
+    return { version: draft.state.version };
+  }
+
+  #desired(draft: Draft, patch: unknown, ifMatch: number | undefined): TwinRecord {
+    const { kind } = this.#env;
+    if (ifMatch !== undefined && ifMatch !== draft.state.version) {
+      throw new DoppelError(
+        "precondition_failed",
+        `If-Match version ${ifMatch} does not match the twin's version ${draft.state.version}.`,
+        { version: draft.state.version },
+      );
+    }
+    const result = this.#patchState(draft, "desired", patch, kind.desired);
+    if (result) {
+      this.#runHandler(
+        draft,
+        "onDesired",
+        (ctx) => kind.handlers.onDesired?.(ctx, result, draft.state.desired),
+      );
+    }
+    return draft.state;
+  }
+
+  /** Applies a merge patch to desired or reported; returns the patch, or null if it was a no-op. */
+  #patchState(
+    draft: Draft,
+    part: "desired" | "reported",
+    patch: unknown,
+    schema: z.ZodType,
+  ): JsonObject | null {
+    if (!isObject(patch)) {
+      throw new DoppelError("bad_request", `A ${part} patch must be a JSON object.`, {
+        fields: [{ field: "(body)", message: "must be a JSON object" }],
+      });
+    }
+    const state = draft.state;
+    const next = applyMergePatch(state[part], patch) as JsonObject;
+    const bytes = jsonBytes(next);
+    if (bytes > TWIN_LIMITS.maxStateBytes) {
+      throw new DoppelError(
+        "payload_too_large",
+        `The ${part} document would be ${bytes} bytes, over the cap of ${TWIN_LIMITS.maxStateBytes}.`,
+      );
+    }
+    const checked = schema.safeParse(next);
+    if (!checked.success) {
+      throw validationError(`The ${part} patch is invalid:`, zodIssues(checked.error));
+    }
+    if (JSON.stringify(next) === JSON.stringify(state[part])) return null;
+    const version = state.version + 1;
+    const stamp = { updatedAt: new Date(this.#env.now).toISOString(), version };
+    draft.state = {
+      ...state,
+      version,
+      [part]: next,
+      metadata: { ...state.metadata, [part]: updateMeta(state.metadata[part], patch, stamp) },
+    };
+    draft.changed = true;
+    draft.notices.push({
+      type: "twin.changed",
+      deviceId: state.id,
+      version,
+      parts: [part],
+    });
+    if (part === "desired") {
+      draft.notices.push({ type: "desired.changed", deviceId: state.id, version, patch });
+    }
+    return patch;
+  }
+
+  #createCommand(
+    draft: Draft,
+    message: Extract<TwinMessage, { type: "command.create" }>,
+  ): { command: CommandRecord; created: boolean } {
+    if (message.idempotencyKey !== undefined) {
+      const earlier = this.#idem.get(message.idempotencyKey) ??
+        this.#reads.idempotent.get(message.idempotencyKey);
+      if (earlier) return { command: earlier, created: false };
+    }
+    const command = this.#newCommand(draft, message.name, message.payload ?? null, {
+      ttl: message.ttl,
+      timeout: message.timeout,
+    }, "operator");
+    if (message.idempotencyKey !== undefined) {
+      this.#idem.set(message.idempotencyKey, command);
+      draft.idempotency.push([message.idempotencyKey, command.id]);
+    }
+    return { command, created: true };
+  }
+
+  #newCommand(
+    draft: Draft,
+    name: string,
+    payload: Json,
+    options: CommandOptions,
+    source: CommandRecord["source"],
+  ): CommandRecord {
+    const { kind, now } = this.#env;
+    const schemas = kind.commands;
+    const declared = Object.keys(schemas);
+    if (declared.length > 0 && !(name in schemas)) {
+      throw new DoppelError(
+        "validation_failed",
+        `Command "${name}" is not one kind "${kind.kind}" declares (${declared.join(", ")}).`,
+        { fields: [{ field: "name", message: `must be one of ${declared.join(", ")}` }] },
+      );
+    }
+    const schema = schemas[name];
+    if (schema) {
+      const checked = schema.safeParse(payload ?? undefined);
+      if (!checked.success) {
+        const issues = zodIssues(checked.error).map((issue) => ({
+          field: issue.field ? `payload.${issue.field}` : "payload",
+          message: issue.message,
+        }));
+        throw validationError(`The payload of command "${name}" is invalid:`, issues);
+      }
+    }
+    if (jsonBytes(payload) > COMMAND_LIMITS.maxPayloadBytes) {
+      throw new DoppelError(
+        "payload_too_large",
+        `A command payload may be at most ${COMMAND_LIMITS.maxPayloadBytes} bytes.`,
+      );
+    }
+    const state = draft.state;
+    if (state.commands.pending.length >= COMMAND_LIMITS.maxPending) {
+      throw new DoppelError(
+        "conflict",
+        `Device ${state.id} already has ${COMMAND_LIMITS.maxPending} commands waiting; wait for some to finish.`,
+      );
+    }
+    const ttl = options.ttl ?? COMMAND_LIMITS.defaultTtl;
+    const timeout = options.timeout ?? COMMAND_LIMITS.defaultTimeout;
+    const seq = state.commands.nextSeq;
+    const at = new Date(now).toISOString();
+    const command: CommandRecord = {
+      id: commandId(seq, this.#env.randomId()),
+      seq,
+      deviceId: state.id,
+      name,
+      payload: payload ?? null,
+      status: "queued",
+      source,
+      createdAt: at,
+      expiresAt: new Date(now + ttl * 1000).toISOString(),
+      timeout,
+      history: [{ status: "queued", at }],
+    };
+    draft.state = {
+      ...state,
+      commands: { nextSeq: seq + 1, pending: [...state.commands.pending, command] },
+    };
+    this.#recordCommand(draft, command);
+    return command;
+  }
+
+  #deliver(draft: Draft, limit: number): CommandRecord[] {
+    const now = this.#env.now;
+    this.#expire(draft);
+    const delivered: CommandRecord[] = [];
+    const pending = draft.state.commands.pending.map((command) => {
+      if (command.status !== "queued" || delivered.length >= limit) return command;
+      const next = transition(command, "delivered", now, {
+        deliveredAt: new Date(now).toISOString(),
+        timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
+      });
+      delivered.push(next);
+      this.#recordCommand(draft, next);
+      return next;
+    });
+    if (delivered.length > 0) {
+      draft.state = { ...draft.state, commands: { ...draft.state.commands, pending } };
+    }
+    return delivered;
+  }
+
+  #result(
+    draft: Draft,
+    id: string,
+    status: "succeeded" | "failed",
+    result: Json | undefined,
+  ): CommandRecord {
+    this.#expire(draft);
+    const state = draft.state;
+    const command = state.commands.pending.find((c) => c.id === id);
+    if (!command) {
+      const seq = parseCommandSeq(id);
+      if (seq !== undefined && seq < state.commands.nextSeq) {
+        throw new DoppelError("conflict", `Command ${id} has already finished.`);
+      }
+      throw new DoppelError("not_found", `Device ${state.id} has no command ${id}.`);
+    }
+    if (result !== undefined && jsonBytes(result) > COMMAND_LIMITS.maxPayloadBytes) {
+      throw new DoppelError(
+        "payload_too_large",
+        `A command result may be at most ${COMMAND_LIMITS.maxPayloadBytes} bytes.`,
+      );
+    }
+    const done = transition(command, status, this.#env.now, result === undefined ? {} : { result });
+    draft.state = {
+      ...state,
+      commands: {
+        ...state.commands,
+        pending: state.commands.pending.filter((c) => c.id !== id),
+      },
+    };
+    this.#recordCommand(draft, done);
+    return done;
+  }
+
+  #tick(draft: Draft, dueAt: number): { expired: number } {
+    if (dueAt !== draft.state.timerAt) this.#staleTimer = dueAt;
+    return { expired: this.#expire(draft) };
+  }
+
+  #expire(draft: Draft): number {
+    const { pending, finished } = expireDue(draft.state.commands.pending, this.#env.now);
+    if (finished.length === 0) return 0;
+    draft.state = { ...draft.state, commands: { ...draft.state.commands, pending } };
+    for (const command of finished) this.#recordCommand(draft, command);
+    return finished.length;
+  }
+
+  #recordCommand(draft: Draft, command: CommandRecord): void {
+    draft.commands.set(command.seq, command);
+    draft.notices.push({ type: "command.changed", command });
+    draft.changed = true;
+  }
+
+  #recordEvent(draft: Draft, type: string, data?: Json): void {
+    const seq = draft.state.eventSeq + 1;
+    const event: TwinEvent = {
+      seq,
+      type,
+      at: new Date(this.#env.now).toISOString(),
+      ...(data === undefined ? {} : { data }),
+    };
+    draft.state = { ...draft.state, eventSeq: seq };
+    draft.events.push(event);
+    draft.notices.push({ type: "event", deviceId: draft.state.id, event });
+    draft.changed = true;
+  }
+
+  /**
+   * Runs a kind handler. Its wishes are applied only if it returns normally; a handler that
+   * throws leaves the message applied and records a `handler.failed` event instead.
+   */
+  #runHandler(draft: Draft, name: string, call: (ctx: TwinContext) => void): void {
+    const ops: Array<(d: Draft) => void> = [];
+    const before = draft.state;
+    const ctx: TwinContext = {
+      twin: publicTwin(before),
+      memory: before.memory,
+      now: this.#env.now,
+      sendCommand: (command, payload, options) =>
+        ops.push((d) => {
+          this.#newCommand(d, command, payload ?? null, options ?? {}, "twin");
+        }),
+      patchDesired: (patch) =>
+        ops.push((d) => {
+          this.#patchState(d, "desired", patch, this.#env.kind.desired);
+        }),
+      recordEvent: (type, data) => ops.push((d) => this.#recordEvent(d, type, data)),
+      setMemory: (memory) =>
+        ops.push((d) => {
+          d.state = { ...d.state, memory };
+          d.changed = true;
+        }),
+    };
+    const saved = copyDraft(draft);
+    try {
+      call(ctx);
+      for (const op of ops) op(draft);
+    } catch (error) {
+      Object.assign(draft, saved);
+      const message = error instanceof Error ? error.message : String(error);
+      this.#recordEvent(draft, "handler.failed", { handler: name, message });
+      draft.notices.push({
+        type: "log",
+        level: "error",
+        message: `Kind "${this.#env.kind.kind}" handler ${name} failed: ${message}`,
+        deviceId: draft.state.id,
+      });
+    }
+  }
+}
+
+function copyDraft(draft: Draft): Draft {
+  return {
+    ...draft,
+    commands: new Map(draft.commands),
+    messageIds: [...draft.messageIds],
+    idempotency: [...draft.idempotency],
+    events: [...draft.events],
+    notices: [...draft.notices],
+  };
+}
+
+function nextDue(pending: CommandRecord[]): number | null {
+  let due: number | null = null;
+  for (const command of pending) {
+    const at = commandDueAt(command);
+    if (at !== undefined && (due === null || at < due)) due = at;
+  }
+  return due;
+}
+
+/** `undefined` when absent, `null` when present but unreadable, else epoch ms. */
+function parseTs(ts: unknown): number | undefined | null {
+  if (ts === undefined) return undefined;
+  if (typeof ts === "number") return Number.isFinite(ts) ? ts : null;
+  if (typeof ts === "string") {
+    const ms = Date.parse(ts);
+    return Number.isNaN(ms) ? null : ms;
+  }
+  return null;
+}
+
+/** Zod issues as contract field issues, with dotted paths. */
+export function zodIssues(error: z.ZodError): FieldIssue[] {
+  return error.issues.map((issue) => ({
+    field: issue.path.map((p, i) =>
+      typeof p === "number" ? `[${p}]` : `${i === 0 ? "" : "."}${String(p)}`
+    ).join(""),
+    message: issue.message,
+  }));
+}
+
+/** Statuses a device may report for a command. */
+export const RESULT_STATUSES: ReadonlySet<CommandStatus> = new Set(["succeeded", "failed"]);

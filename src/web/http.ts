@@ -1,0 +1,121 @@
+/**
+ * HTTP helpers shared by the API routes: the contract's error body, size-limited JSON bodies,
+ * request validation with zod, and abortable waits.
+ * @module
+ */
+import type { Context } from "hono";
+import type { z } from "zod";
+import { DoppelError, validationError } from "../errors.ts";
+import { zodIssues } from "../twin/turn.ts";
+
+/** Body size limits, in bytes. */
+export const BODY_LIMITS = {
+  /** Telemetry (a batch of up to 500 items). */
+  telemetry: 256 * 1024,
+  /** Desired and reported patches: the 32 KiB document cap plus room. */
+  patch: 64 * 1024,
+  /** Everything else. */
+  default: 32 * 1024,
+} as const;
+
+/** Reads a JSON body of at most `limit` bytes; a clear 4xx for anything else. */
+export async function readJson(c: Context, limit: number = BODY_LIMITS.default): Promise<unknown> {
+  // Any declared type is read as JSON (curl and small devices often send none or a form type),
+  // except multipart, which is certainly not JSON.
+  const type = c.req.header("content-type") ?? "";
+  if (/^multipart\//i.test(type)) {
+    throw new DoppelError(
+      "unsupported_media_type",
+      `Content-Type ${type} is not supported; send application/json.`,
+    );
+  }
+  const declared = Number(c.req.header("content-length") ?? NaN);
+  if (declared > limit) throw tooLarge(limit);
+  const body = c.req.raw.body;
+  if (!body) throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw tooLarge(limit);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new DoppelError("invalid_json", "The body is not valid UTF-8.");
+  }
+  if (text.trim() === "") {
+    throw new DoppelError("invalid_json", "The body is empty; send a JSON document.");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new DoppelError(
+      "invalid_json",
+      `The body is not valid JSON: ${(error as Error).message}`,
+    );
+  }
+}
+
+function tooLarge(limit: number): DoppelError {
+  return new DoppelError("payload_too_large", `The body is larger than ${limit} bytes.`);
+}
+
+/** Validates `value` against `schema`, or throws `validation_failed` naming the fields. */
+export function parseWith<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  what: string,
+): z.output<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw validationError(`${what} is invalid:`, zodIssues(result.error));
+  return result.data;
+}
+
+/** Parses an integer query parameter within bounds, or throws naming it. */
+export function intParam(
+  c: Context,
+  name: string,
+  { min, max, fallback }: { min: number; max: number; fallback: number },
+): number {
+  const raw = c.req.query(name);
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw validationError(`Query parameter ${name}=${JSON.stringify(raw)} is invalid:`, [{
+      field: name,
+      message: `must be an integer from ${min} to ${max}`,
+    }]);
+  }
+  return value;
+}
+
+/** The contract's error response for any thrown value. */
+export function errorResponse(error: unknown): Response {
+  if (error instanceof DoppelError) {
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (error.code === "unauthorized") headers["www-authenticate"] = 'Basic realm="doppel"';
+    if (error.code === "rate_limited") headers["retry-after"] = "1";
+    return new Response(JSON.stringify(error), { status: error.status, headers });
+  }
+  return new Response(
+    JSON.stringify({
+      error: { code: "internal", message: "Something went wrong on our side; it was logged." },
+    }),
+    { status: 500, headers: { "content-type": "application/json" } },
+  );
+}

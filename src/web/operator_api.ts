@@ -1,0 +1,180 @@
+/**
+ * The operator API under `/api/v1`, behind the bearer token.
+ * @module
+ */
+import { Hono } from "hono";
+import { TERMINAL_STATUSES } from "../commands/model.ts";
+import { DoppelError, validationError } from "../errors.ts";
+import { keys } from "../storage/keys.ts";
+import { loadTwin } from "../storage/twin_store.ts";
+import { publicTwin } from "../twin/state.ts";
+import { requireOperator } from "./auth.ts";
+import { BODY_LIMITS, intParam, parseWith, readJson } from "./http.ts";
+import { CreateCommand, RegisterDevice, UpdateDevice } from "./schemas.ts";
+import type { Services } from "./services.ts";
+import type { CommandRecord } from "../commands/model.ts";
+import type { Connection } from "../twin/state.ts";
+
+const STATUSES = new Set(["online", "offline", "never"]);
+
+/** Routes of the operator API. */
+export function operatorApi(s: Services): Hono {
+  const api = new Hono();
+  api.use("*", async (c, next) => {
+    await requireOperator(c, s.admin);
+    await next();
+  });
+
+  api.post("/devices", async (c) => {
+    const body = parseWith(RegisterDevice, await readJson(c), "The device");
+    const { device, key } = await s.registry.register(body);
+    s.logger.log("info", "registry", "Device registered.", { deviceId: device.id });
+    return c.json({ ...device, key }, 201);
+  });
+
+  api.get("/devices", async (c) => {
+    const status = c.req.query("status");
+    if (status !== undefined && !STATUSES.has(status)) {
+      throw validationError(`Query parameter status=${JSON.stringify(status)} is invalid:`, [{
+        field: "status",
+        message: "must be online, offline or never",
+      }]);
+    }
+    const tags = c.req.queries("tag")?.map((tag) => {
+      const colon = tag.indexOf(":");
+      if (colon < 1) {
+        throw validationError(`Query parameter tag=${JSON.stringify(tag)} is invalid:`, [{
+          field: "tag",
+          message: "must be name:value",
+        }]);
+      }
+      return [tag.slice(0, colon), tag.slice(colon + 1)] as [string, string];
+    });
+    return c.json(
+      await s.registry.list({
+        kind: c.req.query("kind") || undefined,
+        parent: c.req.query("parent") || undefined,
+        tags,
+        status: status as Connection["status"] | undefined,
+        limit: intParam(c, "limit", { min: 1, max: 1000, fallback: 50 }),
+        cursor: c.req.query("cursor") || undefined,
+      }),
+    );
+  });
+
+  api.get("/devices/:id", async (c) => c.json(await s.registry.describe(c.req.param("id"))));
+
+  api.patch("/devices/:id", async (c) => {
+    const body = parseWith(UpdateDevice, await readJson(c), "The device update");
+    const device = await s.registry.update(c.req.param("id"), body);
+    return c.json(device);
+  });
+
+  api.delete("/devices/:id", async (c) => {
+    await s.registry.delete(c.req.param("id"));
+    s.logger.log("info", "registry", "Device deleted.", { deviceId: c.req.param("id") });
+    return c.body(null, 204);
+  });
+
+  api.post("/devices/:id/keys", async (c) => {
+    const { device, key } = await s.registry.rotateKey(c.req.param("id"));
+    s.logger.log("info", "registry", "Device key rotated.", { deviceId: device.id });
+    return c.json({ ...device, key });
+  });
+
+  api.get("/twins/:id", async (c) => {
+    const stored = await loadTwin(s.kv, c.req.param("id"));
+    if (!stored) {
+      throw new DoppelError("not_found", `Device ${c.req.param("id")} is not registered.`);
+    }
+    const etag = `"${stored.state.version}"`;
+    if (c.req.header("if-none-match") === etag) return c.body(null, 304, { etag });
+    c.header("etag", etag);
+    return c.json(publicTwin(stored.state));
+  });
+
+  api.patch("/twins/:id/desired", async (c) => {
+    const id = c.req.param("id");
+    const ifMatch = parseIfMatch(c.req.header("if-match"));
+    const patch = await readJson(c, BODY_LIMITS.patch);
+    await requireDevice(s, id);
+    const twin = await s.runtime.patchDesired(id, patch, ifMatch);
+    c.header("etag", `"${twin.version}"`);
+    return c.json(publicTwin(twin));
+  });
+
+  api.post("/devices/:id/commands", async (c) => {
+    const id = c.req.param("id");
+    const wait = intParam(c, "wait", { min: 0, max: 300, fallback: 0 });
+    const idempotencyKey = c.req.header("idempotency-key");
+    if (
+      idempotencyKey !== undefined && (idempotencyKey.length < 1 || idempotencyKey.length > 128)
+    ) {
+      throw validationError("The Idempotency-Key header is invalid:", [{
+        field: "Idempotency-Key",
+        message: "must be 1 to 128 characters",
+      }]);
+    }
+    const body = parseWith(CreateCommand, await readJson(c), "The command");
+    await requireDevice(s, id);
+    const { command } = await s.runtime.createCommand(id, { ...body, idempotencyKey });
+    if (wait > 0 && !TERMINAL_STATUSES.has(command.status)) {
+      const done = await s.waitForCommand(id, command.id, wait * 1000, c.req.raw.signal);
+      if (done) return c.json(done, 200);
+    }
+    const current = TERMINAL_STATUSES.has(command.status)
+      ? command
+      : (await s.runtime.getCommand(id, command.id)) ?? command;
+    return c.json(current, TERMINAL_STATUSES.has(current.status) ? 200 : 202);
+  });
+
+  api.get("/devices/:id/commands", async (c) => {
+    const id = c.req.param("id");
+    await requireDevice(s, id);
+    const limit = intParam(c, "limit", { min: 1, max: 1000, fallback: 50 });
+    const status = c.req.query("status");
+    const iter = s.kv.list<CommandRecord>({ prefix: keys.commands(id) }, {
+      reverse: true,
+      cursor: c.req.query("cursor") || undefined,
+      batchSize: Math.min(limit, 500),
+    });
+    const items: CommandRecord[] = [];
+    let cursor: string | null = null;
+    for await (const entry of iter) {
+      if (status === undefined || entry.value.status === status) items.push(entry.value);
+      if (items.length >= limit) {
+        cursor = iter.cursor;
+        break;
+      }
+    }
+    return c.json({ items, cursor });
+  });
+
+  api.get("/devices/:id/commands/:commandId", async (c) => {
+    const { id, commandId } = c.req.param();
+    const command = await s.runtime.getCommand(id, commandId);
+    if (!command) throw new DoppelError("not_found", `Device ${id} has no command ${commandId}.`);
+    return c.json(command);
+  });
+
+  return api;
+}
+
+async function requireDevice(s: Services, id: string): Promise<void> {
+  if (!(await s.registry.get(id))) {
+    throw new DoppelError("not_found", `Device ${id} is not registered.`);
+  }
+}
+
+/** `If-Match: "7"` (or `W/"7"`, or `7`) → 7; `*` or absent → undefined. */
+function parseIfMatch(header: string | undefined): number | undefined {
+  if (header === undefined || header.trim() === "*") return undefined;
+  const match = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(header);
+  if (!match) {
+    throw validationError(`If-Match ${JSON.stringify(header)} is invalid:`, [{
+      field: "If-Match",
+      message: 'must be the twin\'s ETag, such as "7"',
+    }]);
+  }
+  return Number(match[1]);
+}

@@ -1,0 +1,65 @@
+/**
+ * What the HTTP routes work with, built once by `createApp` and passed to each route module.
+ * @module
+ */
+import { type CommandRecord, TERMINAL_STATUSES } from "../commands/model.ts";
+import type { EventBus } from "../events/bus.ts";
+import type { Logger } from "../log.ts";
+import type { AdminAuth } from "../registry/admin.ts";
+import type { Registry } from "../registry/devices.ts";
+import type { TwinRuntime } from "../twin/runtime.ts";
+
+/** The app's parts, as routes see them. */
+export interface Services {
+  /** The store. */
+  kv: Deno.Kv;
+  /** Devices and their keys. */
+  registry: Registry;
+  /** Twin actors. */
+  runtime: TwinRuntime;
+  /** Operator token check. */
+  admin: AdminAuth;
+  /** Committed notices. */
+  bus: EventBus;
+  /** Log lines. */
+  logger: Logger;
+  /** Aborts when the app closes, ending every wait. */
+  shutdown: AbortSignal;
+  /** Waits up to `ms` for a command to finish; its final record, or `undefined`. */
+  waitForCommand(
+    deviceId: string,
+    commandId: string,
+    ms: number,
+    signal: AbortSignal,
+  ): Promise<CommandRecord | undefined>;
+}
+
+/** Builds {@link Services.waitForCommand} over the bus and the store. */
+export function commandWaiter(
+  bus: EventBus,
+  runtime: TwinRuntime,
+  shutdown: AbortSignal,
+): Services["waitForCommand"] {
+  return async (deviceId, commandId, ms, signal) => {
+    const stop = new AbortController();
+    const signals = AbortSignal.any([signal, shutdown, stop.signal]);
+    // Listen first, then look: a result that lands in between is seen either way.
+    const waiting = bus.waitFor(
+      deviceId,
+      (notice) =>
+        notice.type === "command.changed" && notice.command.id === commandId &&
+          TERMINAL_STATUSES.has(notice.command.status)
+          ? notice.command
+          : undefined,
+      ms,
+      signals,
+    );
+    const now = await runtime.getCommand(deviceId, commandId);
+    if (now && TERMINAL_STATUSES.has(now.status)) {
+      stop.abort();
+      await waiting;
+      return now;
+    }
+    return await waiting;
+  };
+}
