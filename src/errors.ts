@@ -71,3 +71,17 @@ export function validationError(prefix: string, issues: FieldIssue[]): DoppelErr
   const where = first ? ` ${first.field || "(root)"}: ${first.message}` : "";
   return new DoppelError("validation_failed", `${prefix}${where}`, { fields: issues });
 }
+
+/** The error for a paging cursor that did not come from a previous page. */
+export function invalidCursor(): DoppelError {
+  return validationError("The cursor is invalid:", [{
+    field: "cursor",
+    message: "must be a cursor from a previous page",
+  }]);
+}
+
+/** Maps Deno KV's `invalid cursor` TypeError to {@link invalidCursor}; rethrows anything else. */
+export function rethrowCursorError(error: unknown): never {
+  if (error instanceof TypeError && /cursor/i.test(error.message)) throw invalidCursor();
+  throw error;
+}

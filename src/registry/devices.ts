@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import type { Clock } from "../clock.ts";
-import { DoppelError, validationError } from "../errors.ts";
+import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { deletePrefix, devicePrefixes, keys } from "../storage/keys.ts";
 import { encodeTwin, loadTwin } from "../storage/twin_store.ts";
 import { applyMergePatch, type JsonObject } from "../twin/json.ts";
@@ -236,13 +236,7 @@ export class Registry {
         }
       }
     } catch (error) {
-      if (error instanceof TypeError || /cursor/i.test(String(error))) {
-        throw validationError("The cursor is invalid:", [{
-          field: "cursor",
-          message: "must be a cursor from a previous page",
-        }]);
-      }
-      throw error;
+      rethrowCursorError(error);
     }
     if (ids.length > 0) await flush();
     if (items.length > query.limit) {

@@ -4,7 +4,7 @@
  */
 import { Hono } from "hono";
 import { TERMINAL_STATUSES } from "../commands/model.ts";
-import { DoppelError, validationError } from "../errors.ts";
+import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import { publicTwin } from "../twin/state.ts";
@@ -16,6 +16,14 @@ import type { CommandRecord } from "../commands/model.ts";
 import type { Connection } from "../twin/state.ts";
 
 const STATUSES = new Set(["online", "offline", "never"]);
+const COMMAND_STATUSES = new Set([
+  "queued",
+  "delivered",
+  "succeeded",
+  "failed",
+  "expired",
+  "timed_out",
+]);
 
 /** Routes of the operator API. */
 export function operatorApi(s: Services): Hono {
@@ -133,6 +141,12 @@ export function operatorApi(s: Services): Hono {
     await requireDevice(s, id);
     const limit = intParam(c, "limit", { min: 1, max: 1000, fallback: 50 });
     const status = c.req.query("status");
+    if (status !== undefined && !COMMAND_STATUSES.has(status)) {
+      throw validationError(`Query parameter status=${JSON.stringify(status)} is invalid:`, [{
+        field: "status",
+        message: `must be one of ${[...COMMAND_STATUSES].join(", ")}`,
+      }]);
+    }
     const iter = s.kv.list<CommandRecord>({ prefix: keys.commands(id) }, {
       reverse: true,
       cursor: c.req.query("cursor") || undefined,
@@ -140,12 +154,16 @@ export function operatorApi(s: Services): Hono {
     });
     const items: CommandRecord[] = [];
     let cursor: string | null = null;
-    for await (const entry of iter) {
-      if (status === undefined || entry.value.status === status) items.push(entry.value);
-      if (items.length >= limit) {
-        cursor = iter.cursor;
-        break;
+    try {
+      for await (const entry of iter) {
+        if (status === undefined || entry.value.status === status) items.push(entry.value);
+        if (items.length >= limit) {
+          cursor = iter.cursor;
+          break;
+        }
       }
+    } catch (error) {
+      rethrowCursorError(error);
     }
     return c.json({ items, cursor });
   });
