@@ -26,7 +26,7 @@ import {
   updateMeta,
 } from "./json.ts";
 import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
-import { publicTwin, type TwinRecord } from "./state.ts";
+import { type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
 
 /** Limits on twin documents and telemetry. */
 export const TWIN_LIMITS = {
@@ -304,12 +304,15 @@ class Turn {
         };
       }
       draft.state = state;
-      this.#runHandler(
-        draft,
-        "onTelemetry",
-        (ctx) => kind.handlers.onTelemetry?.(ctx, { ...item.values, ts: item.ts }),
-      );
-      state = draft.state;
+      const onTelemetry = kind.handlers.onTelemetry;
+      if (onTelemetry) {
+        this.#runHandler(
+          draft,
+          "onTelemetry",
+          (ctx) => onTelemetry(ctx, { ...item.values, ts: item.ts }),
+        );
+        state = draft.state;
+      }
     }
     draft.state = {
       ...draft.state,
@@ -584,8 +587,12 @@ class Turn {
   #runHandler(draft: Draft, name: string, call: (ctx: TwinContext) => void): void {
     const ops: Array<(d: Draft) => void> = [];
     const before = draft.state;
+    let view: PublicTwin | undefined;
     const ctx: TwinContext = {
-      twin: publicTwin(before),
+      // Built on first use: most handlers look at a reading, not the whole twin.
+      get twin() {
+        return view ??= publicTwin(before);
+      },
       memory: before.memory,
       now: this.#env.now,
       sendCommand: (command, payload, options) =>

@@ -1,0 +1,143 @@
+/**
+ * Shared pieces of the benchmark: the twin kinds, fast seeding of devices and twins straight into
+ * KV (the same entries `Registry.register` writes, many devices per atomic), the exact twin value
+ * the runtime writes, and small timing and formatting helpers.
+ * @module
+ */
+import type { DeviceRecord } from "../../src/registry/devices.ts";
+import { KeyVault, randomSecret } from "../../src/registry/secrets.ts";
+import { keys } from "../../src/storage/keys.ts";
+import { encodeTwin } from "../../src/storage/twin_store.ts";
+import type { TwinKind } from "../../src/twin/kind.ts";
+import { loadKinds } from "../../src/twin/loader.ts";
+import { newTwinRecord, type TwinRecord } from "../../src/twin/state.ts";
+
+/** The project root (where `deno.json` is). */
+export const ROOT: string = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** The project's twin kinds folder. */
+export const TWINS_DIR: string = `${ROOT}/twins`;
+
+/** The server secret every bench app uses. */
+export const BENCH_SECRET = "bench-secret-0123456789abcdef";
+
+/** Loads the project's twin kinds. */
+export function benchKinds(): Promise<Map<string, TwinKind>> {
+  return loadKinds(TWINS_DIR);
+}
+
+/** Device ids `prefix-000000` .. for `count` devices. */
+export function deviceIds(prefix: string, count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `${prefix}-${String(i).padStart(6, "0")}`);
+}
+
+/**
+ * A twin record as the runtime stores it after one thermostat reading: a fresh record with
+ * `telemetry.last`, `telemetry.lastAt` and `connection.lastSeenAt` filled in.
+ */
+export function twinAfterTelemetry(id: string, now: number): TwinRecord {
+  const record = newTwinRecord(id, "thermostat", now);
+  const at = new Date(now).toISOString();
+  return {
+    ...record,
+    telemetry: { last: { temperature: 21.5 }, lastAt: at },
+    connection: { ...record.connection, lastSeenAt: at },
+  };
+}
+
+/** The head entry (key and value) the runtime writes for a twin record, via `encodeTwin`. */
+export function twinHeadEntry(record: TwinRecord): { key: Deno.KvKey; value: unknown } {
+  const { mutations } = encodeTwin(record, 1);
+  if (mutations.length !== 1 || mutations[0].type !== "set") {
+    throw new Error(`Twin ${record.id} does not encode to one set.`);
+  }
+  return { key: mutations[0].key, value: mutations[0].value };
+}
+
+/** Options for {@link seedDevices}. */
+export interface SeedOptions {
+  /** Twin kind of every device (default `thermostat`). */
+  kind?: string;
+  /** Server secret keys are sealed under (default {@link BENCH_SECRET}). */
+  secret?: string;
+  /** Registration time in ms (default now). */
+  now?: number;
+  /** Devices per atomic (3 mutations each; default 300). */
+  perAtomic?: number;
+  /** Atomics in flight (default 2). */
+  inFlight?: number;
+}
+
+/**
+ * Writes devices and their twins straight into KV, many per atomic: per device the entries
+ * `Registry.register` writes for a device without tags or parent (`["devices", id]`,
+ * `["devices_by_kind", kind, id]` and the twin head from `encodeTwin(newTwinRecord(...))`), with a
+ * freshly sealed key each. Meant for an empty KV: it does not check that ids are free.
+ */
+export async function seedDevices(
+  kv: Deno.Kv,
+  ids: readonly string[],
+  options: SeedOptions = {},
+): Promise<void> {
+  const kind = options.kind ?? "thermostat";
+  const now = options.now ?? Date.now();
+  const at = new Date(now).toISOString();
+  const perAtomic = options.perAtomic ?? 300;
+  const inFlight = options.inFlight ?? 2;
+  // A vault of our own, dropped when seeding ends: its cache of sealed keys must not stay alive.
+  let vault: KeyVault | null = await KeyVault.fromSecret(options.secret ?? BENCH_SECRET);
+  let next = 0;
+  const writer = async (): Promise<void> => {
+    while (next < ids.length) {
+      const slice = ids.slice(next, next + perAtomic);
+      next += slice.length;
+      const sealed = await Promise.all(slice.map(() => vault!.seal(randomSecret(32))));
+      const atomic = kv.atomic();
+      slice.forEach((id, i) => {
+        const device: DeviceRecord = {
+          id,
+          kind,
+          tags: {},
+          parent: null,
+          enabled: true,
+          createdAt: at,
+          updatedAt: at,
+          keys: [{ sealed: sealed[i], createdAt: at }],
+        };
+        atomic
+          .set(keys.device(id), device)
+          .set(keys.devicesByKind(kind, id), null)
+          .mutate(...encodeTwin(newTwinRecord(id, kind, now), 0).mutations);
+      });
+      const result = await atomic.commit();
+      if (!result.ok) throw new Error("Seeding atomic failed.");
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, writer));
+  vault = null;
+}
+
+/** A fresh temp dir for one bench part; remove it with {@link removeDir}. */
+export function tempDir(part: string): Promise<string> {
+  return Deno.makeTempDir({ prefix: `doppel-bench-${part}-` });
+}
+
+/** Removes a dir and everything in it, ignoring a dir already gone. */
+export async function removeDir(dir: string): Promise<void> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Formats a rate or count with thousands separators and no decimals. */
+export function fmt(n: number): string {
+  return Math.round(n).toLocaleString("en-US");
+}
+
+/** Megabytes (MiB) of a byte count, one decimal. */
+export function mb(bytes: number): number {
+  return Math.round(bytes / 1024 / 1024 * 10) / 10;
+}

@@ -1,0 +1,293 @@
+/**
+ * Crash test of the real server process: telemetry with message ids is streamed over HTTP from
+ * several concurrent senders, the process is killed with SIGKILL mid-stream and restarted on the
+ * same KV file, and every message acknowledged with a 202 must have been applied exactly once.
+ * @module
+ */
+import { assert, assertEquals } from "./assert.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const TOKEN = "process-test-admin-token-0123456789";
+/** Messages in all (desired holds one `mN` key per message: keep it well under 32 KiB). */
+const TOTAL = 1200;
+/** Acknowledged messages after which the server is killed. */
+const KILL_AFTER = 300;
+/** Concurrent senders. */
+const SENDERS = 8;
+/** How long a server may take to print its listening line. */
+const START_TIMEOUT_MS = 60_000;
+
+/** A counting kind: each telemetry item bumps `desired.n` and marks `desired["m" + seq]`. */
+const COUNTER_KIND = `import { defineTwin, z } from "doppel";
+
+export default defineTwin({
+  kind: "counter",
+  description: "Counts telemetry applications (process test).",
+  telemetry: z.object({ seq: z.number().int() }),
+  desired: z.record(z.string(), z.json()),
+  reported: z.record(z.string(), z.json()),
+  handlers: {
+    onTelemetry(ctx, item) {
+      const n = typeof ctx.twin.desired.n === "number" ? ctx.twin.desired.n : 0;
+      ctx.patchDesired({ n: n + 1, ["m" + item.seq]: true });
+    },
+  },
+});
+`;
+
+/** A server child process, its address and its log. */
+class Server {
+  readonly child: Deno.ChildProcess;
+  readonly base: string;
+  readonly log: string[];
+  readonly #drained: Promise<void>;
+
+  private constructor(
+    child: Deno.ChildProcess,
+    base: string,
+    log: string[],
+    drained: Promise<void>,
+  ) {
+    this.child = child;
+    this.base = base;
+    this.log = log;
+    this.#drained = drained;
+  }
+
+  /** Starts `src/main.ts` as the `start` task does and waits for its listening line. */
+  static async start(env: Record<string, string>): Promise<Server> {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-net",
+        "--allow-env",
+        "--allow-read",
+        "--allow-write",
+        "--allow-sys",
+        "src/main.ts",
+      ],
+      cwd: ROOT,
+      env: { ...env, PORT: "0", DOPPEL_HOSTNAME: "127.0.0.1", DOPPEL_LOG_LEVEL: "info" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const log: string[] = [];
+    let onPort: (port: number) => void = () => {};
+    const port = new Promise<number | null>((resolve) => onPort = resolve);
+    const drainStdout = (async () => {
+      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+        log.push(`[stdout] ${chunk}`);
+      }
+    })();
+    const drainStderr = (async () => {
+      let buffered = "";
+      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+        buffered += chunk;
+        let nl;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          log.push(line);
+          const match = /Doppel listening on http:\/\/[^\s"]*:(\d+)/.exec(line);
+          if (match) onPort(Number(match[1]));
+        }
+      }
+      if (buffered) log.push(buffered);
+      onPort(Number.NaN); // Ended without listening.
+    })();
+    const drained = Promise.all([drainStdout, drainStderr]).then(() => {});
+    let timer: number | undefined;
+    const timeout = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), START_TIMEOUT_MS);
+    });
+    const listening = await Promise.race([port, timeout]);
+    clearTimeout(timer);
+    if (listening === null || Number.isNaN(listening)) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await child.status;
+      await drained;
+      throw new Error(
+        `The server did not start (${listening === null ? "timed out" : "exited"}):\n` +
+          log.join("\n"),
+      );
+    }
+    const server = new Server(child, `http://127.0.0.1:${listening}`, log, drained);
+    // The listening line means it serves; still check /healthz, a bounded number of times.
+    for (let attempt = 0;; attempt++) {
+      try {
+        const res = await fetch(`${server.base}/healthz`);
+        const body = await res.json();
+        if (res.status === 200 && body.status === "ok") break;
+      } catch (error) {
+        if (attempt >= 50) {
+          await server.kill();
+          throw error;
+        }
+      }
+    }
+    return server;
+  }
+
+  /** Kills the process at once (SIGKILL), reaps it and finishes reading its output. */
+  async kill(): Promise<Deno.CommandStatus> {
+    try {
+      this.child.kill("SIGKILL");
+    } catch { /* already exited */ }
+    const status = await this.child.status;
+    await this.#drained;
+    return status;
+  }
+}
+
+/** What one HTTP telemetry post came to. */
+type Outcome =
+  | { kind: "accepted"; body: { accepted: number; duplicates: number } }
+  | { kind: "status"; status: number; text: string }
+  | { kind: "failed"; error: string };
+
+async function postTelemetry(
+  base: string,
+  auth: string,
+  seq: number,
+): Promise<Outcome> {
+  try {
+    const res = await fetch(`${base}/device/v1/telemetry`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: auth },
+      body: JSON.stringify({ id: `m${seq}`, seq }),
+    });
+    if (res.status === 202) return { kind: "accepted", body: await res.json() };
+    return { kind: "status", status: res.status, text: await res.text() };
+  } catch (error) {
+    return { kind: "failed", error: String(error) };
+  }
+}
+
+async function readDesired(base: string, id: string): Promise<Record<string, unknown>> {
+  const res = await fetch(`${base}/api/v1/twins/${id}`, {
+    headers: { authorization: `Bearer ${TOKEN}` },
+  });
+  const body = await res.json();
+  assertEquals(res.status, 200, `GET twin: ${JSON.stringify(body)}`);
+  return body.desired;
+}
+
+/** The `mN` keys of desired as numbers, and `n`. */
+function applied(desired: Record<string, unknown>): { seqs: Set<number>; n: number } {
+  const seqs = new Set<number>();
+  for (const key of Object.keys(desired)) {
+    const match = /^m(\d+)$/.exec(key);
+    if (match) seqs.add(Number(match[1]));
+  }
+  return { seqs, n: typeof desired.n === "number" ? desired.n : 0 };
+}
+
+/** Runs `send` over seqs from `queue` with `senders` concurrent workers until `stop()` is true. */
+async function stream(
+  queue: number[],
+  senders: number,
+  send: (seq: number) => Promise<void>,
+  stop: () => boolean = () => false,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: senders }, async () => {
+    while (!stop() && next < queue.length) await send(queue[next++]);
+  }));
+}
+
+Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied exactly once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
+  const servers: Server[] = [];
+  const start = async () => {
+    const server = await Server.start({
+      DOPPEL_KV: `${dir}/data/doppel.kv`,
+      DOPPEL_TWINS: `${dir}/kinds`,
+      DOPPEL_ADMIN_TOKEN: TOKEN,
+    });
+    servers.push(server);
+    return server;
+  };
+  try {
+    await Deno.mkdir(`${dir}/kinds`);
+    await Deno.writeTextFile(`${dir}/kinds/counter.ts`, COUNTER_KIND);
+
+    // First run: register, then stream until KILL_AFTER messages are acknowledged, and kill.
+    let server = await start();
+    const reg = await fetch(`${server.base}/api/v1/devices`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify({ id: "c1", kind: "counter" }),
+    });
+    const device = await reg.json();
+    assertEquals(reg.status, 201, `register: ${JSON.stringify(device)}`);
+    const auth = `Basic ${btoa(`c1:${device.key}`)}`;
+
+    const seqs = Array.from({ length: TOTAL }, (_, i) => i + 1);
+    const acked = new Set<number>();
+    const refused: string[] = [];
+    let killed: Promise<Deno.CommandStatus> | null = null;
+    const first = server;
+    await stream(seqs, SENDERS, async (seq) => {
+      const outcome = await postTelemetry(first.base, auth, seq);
+      if (outcome.kind === "accepted") {
+        assertEquals(outcome.body, { accepted: 1, duplicates: 0 }, `m${seq} on first run`);
+        acked.add(seq);
+        if (acked.size >= KILL_AFTER && killed === null) killed = first.kill();
+      } else if (outcome.kind === "status" && killed === null) {
+        refused.push(`m${seq}: ${outcome.status} ${outcome.text}`);
+      }
+    }, () => killed !== null);
+    assert(killed !== null, `the stream ended before ${KILL_AFTER} acks (${acked.size})`);
+    const status = await killed;
+    assertEquals(status.signal, "SIGKILL", "the first server was killed, not exited");
+    assertEquals(refused, [], "no telemetry was refused before the kill");
+
+    // Second run on the same KV: acked messages are there exactly once.
+    server = await start();
+    const afterCrash = applied(await readDesired(server.base, "c1"));
+    const missing = [...acked].filter((seq) => !afterCrash.seqs.has(seq));
+    assertEquals(missing, [], "every acknowledged message survived the crash");
+    assertEquals(
+      afterCrash.n,
+      afterCrash.seqs.size,
+      "desired.n equals the distinct messages applied (none applied twice)",
+    );
+    for (const seq of afterCrash.seqs) assert(seq >= 1 && seq <= TOTAL, `m${seq} was never sent`);
+
+    // Resend everything with the same ids: applied ones are duplicates, the rest apply once.
+    const wrong: string[] = [];
+    await stream(seqs, SENDERS, async (seq) => {
+      const outcome = await postTelemetry(server.base, auth, seq);
+      const expected = afterCrash.seqs.has(seq)
+        ? { accepted: 0, duplicates: 1 }
+        : { accepted: 1, duplicates: 0 };
+      if (outcome.kind !== "accepted") {
+        wrong.push(`m${seq}: ${JSON.stringify(outcome)}`);
+      } else if (JSON.stringify(outcome.body) !== JSON.stringify(expected)) {
+        wrong.push(`m${seq}: got ${JSON.stringify(outcome.body)}, want ${JSON.stringify(expected)}`);
+      }
+    });
+    assertEquals(wrong, [], "resends answer duplicate exactly for the messages already applied");
+    const resent = applied(await readDesired(server.base, "c1"));
+    assertEquals(resent.seqs.size, TOTAL, "every message is applied after the resend");
+    assertEquals(resent.n, TOTAL, "and each exactly once");
+
+    // Kill again without warning: what the second run acknowledged is durable too.
+    const second = await server.kill();
+    assertEquals(second.signal, "SIGKILL");
+    server = await start();
+    const final = applied(await readDesired(server.base, "c1"));
+    assertEquals(final.seqs.size, TOTAL, "everything acknowledged survives a second crash");
+    assertEquals(final.n, TOTAL, "and is still applied exactly once");
+    assertEquals(await postTelemetry(server.base, auth, 1), {
+      kind: "accepted",
+      body: { accepted: 0, duplicates: 1 },
+    });
+  } finally {
+    for (const server of servers) await server.kill();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
