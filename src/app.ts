@@ -34,7 +34,10 @@ export interface AppDeps {
   logger: Logger;
   /** Runtime tuning (activation bound, idle timeout, batching). */
   runtime?: Partial<
-    Pick<TwinRuntimeOptions, "maxActivations" | "idleMs" | "batcher" | "randomId">
+    Pick<
+      TwinRuntimeOptions,
+      "maxActivations" | "idleMs" | "batcher" | "randomId" | "httpTimeoutMs"
+    >
   >;
 }
 

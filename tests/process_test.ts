@@ -97,7 +97,7 @@ class Server {
       onPort(Number.NaN); // Ended without listening.
     })();
     const drained = Promise.all([drainStdout, drainStderr]).then(() => {});
-    let timer: number | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<null>((resolve) => {
       timer = setTimeout(() => resolve(null), START_TIMEOUT_MS);
     });
@@ -116,16 +116,19 @@ class Server {
     }
     const server = new Server(child, `http://127.0.0.1:${listening}`, log, drained);
     // The listening line means it serves; still check /healthz, a bounded number of times.
-    for (let attempt = 0;; attempt++) {
+    for (let attempt = 1;; attempt++) {
+      let problem: string;
       try {
         const res = await fetch(`${server.base}/healthz`);
-        const body = await res.json();
-        if (res.status === 200 && body.status === "ok") break;
+        const text = await res.text();
+        if (res.status === 200 && JSON.parse(text).status === "ok") break;
+        problem = `${res.status} ${text}`;
       } catch (error) {
-        if (attempt >= 50) {
-          await server.kill();
-          throw error;
-        }
+        problem = String(error);
+      }
+      if (attempt >= 50) {
+        await server.kill();
+        throw new Error(`/healthz never answered ok: ${problem}`);
       }
     }
     return server;
@@ -228,20 +231,20 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
     const seqs = Array.from({ length: TOTAL }, (_, i) => i + 1);
     const acked = new Set<number>();
     const refused: string[] = [];
-    let killed: Promise<Deno.CommandStatus> | null = null;
+    const run: { killed: Promise<Deno.CommandStatus> | null } = { killed: null };
     const first = server;
     await stream(seqs, SENDERS, async (seq) => {
       const outcome = await postTelemetry(first.base, auth, seq);
       if (outcome.kind === "accepted") {
         assertEquals(outcome.body, { accepted: 1, duplicates: 0 }, `m${seq} on first run`);
         acked.add(seq);
-        if (acked.size >= KILL_AFTER && killed === null) killed = first.kill();
-      } else if (outcome.kind === "status" && killed === null) {
+        if (acked.size >= KILL_AFTER && run.killed === null) run.killed = first.kill();
+      } else if (outcome.kind === "status" && run.killed === null) {
         refused.push(`m${seq}: ${outcome.status} ${outcome.text}`);
       }
-    }, () => killed !== null);
-    assert(killed !== null, `the stream ended before ${KILL_AFTER} acks (${acked.size})`);
-    const status = await killed;
+    }, () => run.killed !== null);
+    assert(run.killed !== null, `the stream ended before ${KILL_AFTER} acks (${acked.size})`);
+    const status = await run.killed;
     assertEquals(status.signal, "SIGKILL", "the first server was killed, not exited");
     assertEquals(refused, [], "no telemetry was refused before the kill");
 
@@ -267,7 +270,9 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
       if (outcome.kind !== "accepted") {
         wrong.push(`m${seq}: ${JSON.stringify(outcome)}`);
       } else if (JSON.stringify(outcome.body) !== JSON.stringify(expected)) {
-        wrong.push(`m${seq}: got ${JSON.stringify(outcome.body)}, want ${JSON.stringify(expected)}`);
+        wrong.push(
+          `m${seq}: got ${JSON.stringify(outcome.body)}, want ${JSON.stringify(expected)}`,
+        );
       }
     });
     assertEquals(wrong, [], "resends answer duplicate exactly for the messages already applied");

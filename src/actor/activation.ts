@@ -55,6 +55,8 @@ export interface ActivationContext<S, M> {
   maxReplays: number;
   /** Current time in ms, for idle tracking. */
   now(): number;
+  /** Told when an activation has finished its work, so an over-full directory can drop it. */
+  onIdle(activation: Activation<S, M>): void;
 }
 
 /** One actor in memory. */
@@ -65,6 +67,7 @@ export class Activation<S, M> {
   #mailbox = new Mailbox<M>();
   #loaded: Loaded<S> | null | undefined;
   #running = false;
+  #inTurn = false;
   #lastUsed: number;
 
   /** Creates an idle, not yet loaded activation. */
@@ -74,9 +77,12 @@ export class Activation<S, M> {
     this.#lastUsed = ctx.now();
   }
 
-  /** Whether it has nothing to do: no turn running and no message waiting. */
+  /**
+   * Whether it has nothing to do: no turn under way and no message waiting. (Its loop may still be
+   * winding down; dropping it then is safe, since the loop only exits.)
+   */
   get idle(): boolean {
-    return !this.#running && this.#mailbox.size === 0;
+    return !this.#inTurn && this.#mailbox.size === 0;
   }
 
   /** When it last received a message (ms). */
@@ -108,13 +114,16 @@ export class Activation<S, M> {
     try {
       while (this.#mailbox.size > 0) {
         const batch = this.#mailbox.take(this.#ctx.maxBatch);
+        this.#inTurn = true;
         try {
           await this.#turn(batch);
         } catch (error) {
           // Storage failed: the batch's senders learn of it; nothing was released.
+          this.#inTurn = false;
           this.#loaded = undefined;
           for (const envelope of batch) envelope.reject(error);
         }
+        if (this.idle) this.#ctx.onIdle(this);
       }
     } finally {
       this.#running = false;
@@ -129,6 +138,7 @@ export class Activation<S, M> {
       const loaded = this.#loaded;
       if (loaded === null) {
         this.#loaded = undefined;
+        this.#inTurn = false;
         const error = behavior.notFound(this.id);
         for (const envelope of batch) envelope.reject(error);
         return;
@@ -141,12 +151,14 @@ export class Activation<S, M> {
           this.#loaded = undefined;
           continue;
         }
+        this.#inTurn = false;
         settle(batch, plan.replies);
         return;
       }
       const outcome = await batcher.submit(plan.commit);
       if (outcome.ok) {
         this.#loaded = { state: plan.state, versionstamp: outcome.versionstamp };
+        this.#inTurn = false;
         settle(batch, plan.replies);
         plan.release();
         return;

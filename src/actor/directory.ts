@@ -4,7 +4,7 @@
  * @module
  */
 import type { CommitBatcher } from "./commit_batcher.ts";
-import { Activation, type Behavior } from "./activation.ts";
+import { Activation, type ActivationContext, type Behavior } from "./activation.ts";
 
 /** Directory settings. */
 export interface DirectoryOptions<S, M> {
@@ -30,7 +30,7 @@ export class Directory<S, M> {
   #options: DirectoryOptions<S, M>;
   #max: number;
   #idleMs: number;
-  #ctx;
+  #ctx: ActivationContext<S, M>;
 
   /** Creates an empty directory. */
   constructor(options: DirectoryOptions<S, M>) {
@@ -43,6 +43,15 @@ export class Directory<S, M> {
       maxBatch: options.maxBatch ?? 64,
       maxReplays: options.maxReplays ?? 50,
       now: options.now,
+      onIdle: (activation: Activation<S, M>) => {
+        // Over the bound because every activation was busy when new ones came: shed now.
+        if (
+          this.#activations.size > this.#max &&
+          this.#activations.get(activation.id) === activation
+        ) {
+          this.#evictOverflow(0);
+        }
+      },
     };
   }
 
@@ -91,12 +100,13 @@ export class Directory<S, M> {
     return collected;
   }
 
-  #evictOverflow(): void {
-    if (this.#activations.size < this.#max) return;
+  /** Drops least recently used idle activations until `room` more fit under the bound. */
+  #evictOverflow(room = 1): void {
+    if (this.#activations.size + room <= this.#max) return;
     for (const [id, activation] of this.#activations) {
       if (activation.idle) {
         this.#activations.delete(id);
-        if (this.#activations.size < this.#max) return;
+        if (this.#activations.size + room <= this.#max) return;
       }
     }
   }

@@ -4,7 +4,7 @@
  * `["twin_chunks", id, n]`, written in the same atomic. The head is what every commit checks.
  * @module
  */
-import type { TwinRecord } from "../twin/state.ts";
+import { type TwinRecord, upgradeRecord } from "../twin/state.ts";
 import { keys } from "./keys.ts";
 
 /** Characters per chunk: a string of two-byte characters stays under KV's 64 KiB value cap. */
@@ -32,7 +32,7 @@ export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | nu
     const head = await kv.get<Head>(keys.twin(id));
     if (head.versionstamp === null) return null;
     if (head.value.chunks <= 1) {
-      return { state: JSON.parse(head.value.json), versionstamp: head.versionstamp };
+      return { state: upgradeRecord(JSON.parse(head.value.json)), versionstamp: head.versionstamp };
     }
     // Read the head again with its chunks in consistent snapshots of 10 keys; if the head moved
     // meanwhile, start over.
@@ -47,7 +47,9 @@ export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | nu
       if (again.versionstamp !== head.versionstamp) moved = true;
       else for (const chunk of chunks) parts.push(chunk.value as string);
     }
-    if (!moved) return { state: JSON.parse(parts.join("")), versionstamp: head.versionstamp };
+    if (!moved) {
+      return { state: upgradeRecord(JSON.parse(parts.join(""))), versionstamp: head.versionstamp };
+    }
   }
 }
 

@@ -16,6 +16,7 @@ import { keys } from "../storage/keys.ts";
 import { encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts";
 import type { TwinKind } from "./kind.ts";
 import type { TwinRecord } from "./state.ts";
+import type { Transport } from "./presence.ts";
 import { runTurn, type TurnReads, type TwinMessage } from "./turn.ts";
 
 /** How long a telemetry message id is remembered, so a resend is not applied twice (24 h). */
@@ -45,6 +46,8 @@ export interface TwinRuntimeOptions {
   batcher?: BatcherOptions;
   /** Random hex for ids (tests may fix it). */
   randomId?: () => string;
+  /** An HTTP-only device counts as offline this long (ms) after its last request (default 5 min). */
+  httpTimeoutMs?: number;
 }
 
 /** Twin actors, their commits and their timers. */
@@ -77,7 +80,7 @@ export class TwinRuntime {
       },
     });
     this.#directory = new Directory({
-      behavior: new TwinBehavior(this, options.randomId ?? randomHex),
+      behavior: new TwinBehavior(this, options.randomId ?? randomHex, options.httpTimeoutMs),
       batcher: this.#batcher,
       maxActivations: options.maxActivations,
       idleMs: options.idleMs,
@@ -106,15 +109,19 @@ export class TwinRuntime {
   }
 
   /** Applies telemetry items (already parsed JSON) to a twin. */
-  telemetry(id: string, items: unknown[]): Promise<{ accepted: number; duplicates: number }> {
-    return this.send(id, { type: "telemetry", items }) as Promise<
+  telemetry(
+    id: string,
+    items: unknown[],
+    via?: Transport,
+  ): Promise<{ accepted: number; duplicates: number }> {
+    return this.send(id, { type: "telemetry", items, via }) as Promise<
       { accepted: number; duplicates: number }
     >;
   }
 
   /** Merge-patches a twin's reported state. */
-  patchReported(id: string, patch: unknown): Promise<{ version: number }> {
-    return this.send(id, { type: "reported", patch }) as Promise<{ version: number }>;
+  patchReported(id: string, patch: unknown, via?: Transport): Promise<{ version: number }> {
+    return this.send(id, { type: "reported", patch, via }) as Promise<{ version: number }>;
   }
 
   /** Merge-patches a twin's desired state, optionally only at version `ifMatch`. */
@@ -133,8 +140,8 @@ export class TwinRuntime {
   }
 
   /** Hands the device its queued commands, marking them delivered. */
-  deliverCommands(id: string, limit?: number): Promise<CommandRecord[]> {
-    return this.send(id, { type: "command.deliver", limit }) as Promise<CommandRecord[]>;
+  deliverCommands(id: string, limit?: number, via?: Transport): Promise<CommandRecord[]> {
+    return this.send(id, { type: "command.deliver", limit, via }) as Promise<CommandRecord[]>;
   }
 
   /** Records a command's result from the device. */
@@ -143,12 +150,14 @@ export class TwinRuntime {
     commandId: string,
     status: "succeeded" | "failed",
     result?: unknown,
+    via?: Transport,
   ): Promise<CommandRecord> {
     return this.send(id, {
       type: "command.result",
       commandId,
       status,
       result: result as CommandRecord["result"],
+      via,
     }) as Promise<CommandRecord>;
   }
 
@@ -241,12 +250,14 @@ export class TwinRuntime {
 class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   #runtime: TwinRuntime;
   #randomId: () => string;
+  #httpTimeoutMs: number | undefined;
   // Chunks each stored record took, so a shrinking record deletes its leftovers.
   #chunks = new WeakMap<TwinRecord, number>();
 
-  constructor(runtime: TwinRuntime, randomId: () => string) {
+  constructor(runtime: TwinRuntime, randomId: () => string, httpTimeoutMs?: number) {
     this.#runtime = runtime;
     this.#randomId = randomId;
+    this.#httpTimeoutMs = httpTimeoutMs;
   }
 
   async load(id: string): Promise<Loaded<TwinRecord> | null> {
@@ -272,7 +283,12 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     const kind = this.#runtime.kindOf(current.state.kind);
     const reads = await this.#read(id, current.state, messages);
     const now = clock.now();
-    const turn = runTurn(current.state, messages, reads, { kind, now, randomId: this.#randomId });
+    const turn = runTurn(current.state, messages, reads, {
+      kind,
+      now,
+      randomId: this.#randomId,
+      httpTimeoutMs: this.#httpTimeoutMs,
+    });
     if (!turn.changed) {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }

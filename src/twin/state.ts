@@ -4,6 +4,7 @@
  */
 import type { CommandRecord } from "../commands/model.ts";
 import { computeDelta, type JsonObject, type MetaTree } from "./json.ts";
+import type { PresenceState, Tombstone } from "./presence.ts";
 
 /** Presence of the device behind a twin. */
 export type ConnectionStatus = "online" | "offline" | "never";
@@ -16,6 +17,8 @@ export interface Connection {
   since: string | null;
   /** The last time the device was heard from. */
   lastSeenAt: string | null;
+  /** Why the status last changed: `connect`, `disconnect`, `keepalive`, `inactivity`, … */
+  reason?: string;
 }
 
 /** Everything the runtime keeps for one twin, stored under `["twins", id]`. */
@@ -42,6 +45,14 @@ export interface TwinRecord {
   commands: { nextSeq: number; pending: CommandRecord[] };
   /** Counter for event keys. */
   eventSeq: number;
+  /** Sessions and HTTP activity behind `connection`. */
+  presence: PresenceState;
+  /** The desired version the device last acknowledged. */
+  desiredAcked: number;
+  /** Recent desired deletions, for catch-up patches. */
+  desiredTombstones: Tombstone[];
+  /** Devices that acknowledged a version older than this get the whole desired document. */
+  tombstoneHorizon: number;
   /** Due time (ms) of this twin's entry in `["timers"]`, if it has one. */
   timerAt: number | null;
   /** When the twin was created. */
@@ -84,6 +95,10 @@ export function newTwinRecord(id: string, kind: string, now: number): TwinRecord
     memory: {},
     commands: { nextSeq: 1, pending: [] },
     eventSeq: 0,
+    presence: { sessions: {}, httpUntil: null },
+    desiredAcked: 0,
+    desiredTombstones: [],
+    tombstoneHorizon: 0,
     timerAt: null,
     createdAt: new Date(now).toISOString(),
   };
@@ -102,4 +117,13 @@ export function publicTwin(record: TwinRecord): PublicTwin {
     telemetry: record.telemetry,
     connection: record.connection,
   };
+}
+
+/** Fills fields added after a record was written, so older records load as current ones. */
+export function upgradeRecord(record: TwinRecord): TwinRecord {
+  record.presence ??= { sessions: {}, httpUntil: null };
+  record.desiredAcked ??= 0;
+  record.desiredTombstones ??= [];
+  record.tombstoneHorizon ??= 0;
+  return record;
 }

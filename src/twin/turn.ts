@@ -26,7 +26,16 @@ import {
   updateMeta,
 } from "./json.ts";
 import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
-import { type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
+import { type Connection, type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
+import {
+  addTombstones,
+  desiredSince,
+  type DesiredUpdate,
+  expireSessions,
+  isOnline,
+  presenceDue,
+  type Transport,
+} from "./presence.ts";
 
 /** Limits on twin documents and telemetry. */
 export const TWIN_LIMITS = {
@@ -44,8 +53,8 @@ export const TWIN_LIMITS = {
 
 /** A message to a twin. */
 export type TwinMessage =
-  | { type: "telemetry"; items: unknown[] }
-  | { type: "reported"; patch: unknown }
+  | { type: "telemetry"; items: unknown[]; via?: Transport }
+  | { type: "reported"; patch: unknown; via?: Transport }
   | { type: "desired"; patch: unknown; ifMatch?: number }
   | {
     type: "command.create";
@@ -55,9 +64,29 @@ export type TwinMessage =
     timeout?: number;
     idempotencyKey?: string;
   }
-  | { type: "command.deliver"; limit?: number }
-  | { type: "command.result"; commandId: string; status: "succeeded" | "failed"; result?: Json }
+  | { type: "command.deliver"; limit?: number; via?: Transport }
+  | {
+    type: "command.result";
+    commandId: string;
+    status: "succeeded" | "failed";
+    result?: Json;
+    via?: Transport;
+  }
+  | { type: "command.peek"; limit?: number }
+  | { type: "command.ack"; commandId: string }
+  | { type: "session.open"; sessionId: string; transport: Transport; via: string; leaseMs: number }
+  | { type: "session.renew"; sessionId: string; leaseMs: number }
+  | { type: "session.close"; sessionId: string; reason: string }
+  | { type: "desired.ack"; version: number }
   | { type: "tick"; dueAt: number };
+
+/** What a session gets when it opens: what it must push to the device straight away. */
+export interface SessionOpened {
+  /** Desired changes since the device last acknowledged, coalesced; `null` if none. */
+  desired: DesiredUpdate | null;
+  /** Commands waiting to be handed over, oldest first. */
+  commands: CommandRecord[];
+}
 
 /** What was read from KV for a batch before its turn: the only I/O a turn depends on. */
 export interface TurnReads {
@@ -75,7 +104,12 @@ export interface TurnEnv {
   now: number;
   /** 8 random hex characters, for command ids. */
   randomId(): string;
+  /** An HTTP-only device counts as offline this long (ms) after its last request. */
+  httpTimeoutMs?: number;
 }
+
+/** Default HTTP inactivity timeout: 5 minutes. */
+export const DEFAULT_HTTP_TIMEOUT_MS = 5 * 60_000;
 
 /** An event in a twin's history, stored under `["events", deviceId, seq]`. */
 export interface TwinEvent {
@@ -95,6 +129,7 @@ export type Notice =
   | { type: "desired.changed"; deviceId: string; version: number; patch: JsonObject }
   | { type: "command.changed"; command: CommandRecord }
   | { type: "event"; deviceId: string; event: TwinEvent }
+  | { type: "presence.changed"; deviceId: string; connection: Connection }
   | { type: "log"; level: "warn" | "error"; message: string; deviceId: string };
 
 /** The reply to one message: a value or an error. */
@@ -187,7 +222,7 @@ class Turn {
   finish(replies: Reply[], original: TwinRecord): TurnResult {
     const draft = this.#draft;
     let state = draft.state;
-    const due = nextDue(state.commands.pending);
+    const due = minDue(nextDue(state.commands.pending), presenceDue(state.presence));
     if (due !== state.timerAt) {
       state = { ...state, timerAt: due };
       draft.changed = true;
@@ -209,6 +244,7 @@ class Turn {
   }
 
   #dispatch(draft: Draft, message: TwinMessage): unknown {
+    if ("via" in message && message.via === "http") this.#httpActivity(draft);
     switch (message.type) {
       case "telemetry":
         return this.#telemetry(draft, message.items);
@@ -222,9 +258,146 @@ class Turn {
         return this.#deliver(draft, message.limit ?? COMMAND_LIMITS.maxPending);
       case "command.result":
         return this.#result(draft, message.commandId, message.status, message.result);
+      case "command.peek":
+        this.#expire(draft);
+        return draft.state.commands.pending
+          .filter((c) => c.status === "queued")
+          .slice(0, message.limit ?? COMMAND_LIMITS.maxPending);
+      case "command.ack":
+        return this.#ack(draft, message.commandId);
+      case "session.open":
+        return this.#openSession(draft, message);
+      case "session.renew":
+        return this.#renewSession(draft, message.sessionId, message.leaseMs);
+      case "session.close":
+        return this.#closeSession(draft, message.sessionId, message.reason);
+      case "desired.ack":
+        if (message.version > draft.state.desiredAcked) {
+          draft.state = {
+            ...draft.state,
+            desiredAcked: Math.min(message.version, draft.state.version),
+          };
+          draft.changed = true;
+        }
+        return { acked: draft.state.desiredAcked };
       case "tick":
         return this.#tick(draft, message.dueAt);
     }
+  }
+
+  #httpActivity(draft: Draft): void {
+    const now = this.#env.now;
+    const timeout = this.#env.httpTimeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS;
+    draft.state = {
+      ...draft.state,
+      presence: { ...draft.state.presence, httpUntil: now + timeout },
+      connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
+    };
+    draft.changed = true;
+    this.#settlePresence(draft, "http");
+  }
+
+  #openSession(
+    draft: Draft,
+    message: Extract<TwinMessage, { type: "session.open" }>,
+  ): SessionOpened {
+    const now = this.#env.now;
+    const state = draft.state;
+    draft.state = {
+      ...state,
+      presence: {
+        ...state.presence,
+        sessions: {
+          ...state.presence.sessions,
+          [message.sessionId]: {
+            transport: message.transport,
+            via: message.via,
+            openedAt: now,
+            leaseUntil: now + message.leaseMs,
+          },
+        },
+      },
+      connection: { ...state.connection, lastSeenAt: new Date(now).toISOString() },
+    };
+    draft.changed = true;
+    this.#settlePresence(draft, "connect", message.transport);
+    this.#expire(draft);
+    return {
+      desired: desiredSince(draft.state, draft.state.desiredAcked),
+      commands: draft.state.commands.pending.filter((c) => c.status === "queued"),
+    };
+  }
+
+  #renewSession(draft: Draft, sessionId: string, leaseMs: number): { renewed: boolean } {
+    const session = draft.state.presence.sessions[sessionId];
+    if (!session) return { renewed: false };
+    const now = this.#env.now;
+    draft.state = {
+      ...draft.state,
+      presence: {
+        ...draft.state.presence,
+        sessions: {
+          ...draft.state.presence.sessions,
+          [sessionId]: { ...session, leaseUntil: now + leaseMs },
+        },
+      },
+    };
+    draft.changed = true;
+    return { renewed: true };
+  }
+
+  #closeSession(draft: Draft, sessionId: string, reason: string): { closed: boolean } {
+    if (!(sessionId in draft.state.presence.sessions)) return { closed: false };
+    const sessions = { ...draft.state.presence.sessions };
+    const transport = sessions[sessionId].transport;
+    delete sessions[sessionId];
+    draft.state = {
+      ...draft.state,
+      presence: { ...draft.state.presence, sessions },
+      connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
+    };
+    draft.changed = true;
+    this.#settlePresence(draft, reason, transport);
+    return { closed: true };
+  }
+
+  /** Moves `connection.status` to what presence now says, recording the change and its reason. */
+  #settlePresence(draft: Draft, reason: string, transport?: Transport): void {
+    const now = this.#env.now;
+    const online = isOnline(draft.state.presence, now);
+    const current = draft.state.connection.status;
+    if (online === (current === "online")) return;
+    const status = online ? "online" : "offline";
+    const at = new Date(now).toISOString();
+    const connection: Connection = { ...draft.state.connection, status, since: at, reason };
+    draft.state = { ...draft.state, connection };
+    draft.changed = true;
+    this.#recordEvent(draft, `presence.${status}`, {
+      reason,
+      ...(transport ? { transport } : {}),
+    });
+    draft.notices.push({ type: "presence.changed", deviceId: draft.state.id, connection });
+  }
+
+  #ack(draft: Draft, id: string): CommandRecord | null {
+    this.#expire(draft);
+    const command = draft.state.commands.pending.find((c) => c.id === id);
+    // Only a queued command becomes delivered; one that expired meanwhile stays expired.
+    if (!command || command.status !== "queued") return null;
+    const now = this.#env.now;
+    const next = transition(command, "delivered", now, {
+      deliveredAt: new Date(now).toISOString(),
+      timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
+    });
+    draft.state = {
+      ...draft.state,
+      commands: {
+        ...draft.state.commands,
+        pending: draft.state.commands.pending.map((c) => (c.id === id ? next : c)),
+      },
+    };
+    this.#recordCommand(draft, next);
+    return next;
   }
 
   #telemetry(draft: Draft, items: unknown[]): { accepted: number; duplicates: number } {
@@ -394,6 +567,14 @@ class Turn {
       [part]: next,
       metadata: { ...state.metadata, [part]: updateMeta(state.metadata[part], patch, stamp) },
     };
+    if (part === "desired") {
+      const { tombstones, horizon } = addTombstones(state.desiredTombstones, patch, version);
+      draft.state = {
+        ...draft.state,
+        desiredTombstones: tombstones,
+        tombstoneHorizon: Math.max(state.tombstoneHorizon, horizon),
+      };
+    }
     draft.changed = true;
     draft.notices.push({
       type: "twin.changed",
@@ -446,7 +627,15 @@ class Turn {
     }
     const schema = schemas[name];
     if (schema) {
-      const checked = schema.safeParse(payload ?? undefined);
+      let checked = schema.safeParse(payload ?? undefined);
+      if (!checked.success && payload === null) {
+        // An omitted payload stands for `{}` when the schema is an object whose fields are optional.
+        const empty = schema.safeParse({});
+        if (empty.success) {
+          checked = empty;
+          payload = {};
+        }
+      }
       if (!checked.success) {
         const issues = zodIssues(checked.error).map((issue) => ({
           field: issue.field ? `payload.${issue.field}` : "payload",
@@ -549,6 +738,17 @@ class Turn {
 
   #tick(draft: Draft, dueAt: number): { expired: number } {
     if (dueAt !== draft.state.timerAt) this.#staleTimer = dueAt;
+    const now = this.#env.now;
+    const { presence, expired } = expireSessions(draft.state.presence, now);
+    const httpOver = presence.httpUntil !== null && presence.httpUntil <= now;
+    if (expired.length > 0 || httpOver) {
+      draft.state = {
+        ...draft.state,
+        presence: httpOver ? { ...presence, httpUntil: null } : presence,
+      };
+      draft.changed = true;
+      this.#settlePresence(draft, expired.length > 0 ? "lease expired" : "inactivity");
+    }
     return { expired: this.#expire(draft) };
   }
 
@@ -637,6 +837,10 @@ function copyDraft(draft: Draft): Draft {
     events: [...draft.events],
     notices: [...draft.notices],
   };
+}
+
+function minDue(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.min(a, b);
 }
 
 function nextDue(pending: CommandRecord[]): number | null {

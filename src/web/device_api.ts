@@ -36,7 +36,7 @@ export function deviceApi(s: Services): Hono<Env> {
   api.post("/telemetry", async (c) => {
     const body = await readJson(c, BODY_LIMITS.telemetry);
     const items = Array.isArray(body) ? body : [body];
-    const result = await s.runtime.telemetry(c.get("caller").target.id, items);
+    const result = await s.runtime.telemetry(c.get("caller").target.id, items, "http");
     return c.json(result, 202);
   });
 
@@ -56,7 +56,7 @@ export function deviceApi(s: Services): Hono<Env> {
 
   api.patch("/twin/reported", async (c) => {
     const patch = await readJson(c, BODY_LIMITS.patch);
-    return c.json(await s.runtime.patchReported(c.get("caller").target.id, patch));
+    return c.json(await s.runtime.patchReported(c.get("caller").target.id, patch, "http"));
   });
 
   api.get("/commands", async (c) => {
@@ -74,7 +74,7 @@ export function deviceApi(s: Services): Hono<Env> {
         deadline - Date.now(),
         signal,
       );
-      const delivered = await s.runtime.deliverCommands(id, limit);
+      const delivered = await s.runtime.deliverCommands(id, limit, "http");
       if (delivered.length > 0 || Date.now() >= deadline) {
         stop.abort();
         await queued;
@@ -91,6 +91,7 @@ export function deviceApi(s: Services): Hono<Env> {
       c.req.param("commandId"),
       body.status,
       body.result,
+      "http",
     );
     return c.json({ id: command.id, status: command.status });
   });

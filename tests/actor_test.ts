@@ -1,0 +1,392 @@
+/**
+ * The actor core under load and contention: grouped commits, the activation bound, idle
+ * collection, two runtimes writing the same twin, and the kinds loader refusing broken files.
+ * @module
+ */
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { ADMIN_TOKEN, KINDS } from "./helpers.ts";
+import { type AppDeps, createApp, type Doppel } from "../src/app.ts";
+import { type Clock, ManualClock } from "../src/clock.ts";
+import type { CommandRecord } from "../src/commands/model.ts";
+import { DoppelError } from "../src/errors.ts";
+import { silentLogger } from "../src/log.ts";
+import { loadTwin } from "../src/storage/twin_store.ts";
+import { loadKinds } from "../src/twin/loader.ts";
+
+const wallClock: Clock = { now: () => Date.now() };
+
+/** An app on `kv` (which the caller closes), built with createApp to reach runtime tuning. */
+function app(kv: Deno.Kv, options: { clock?: Clock; runtime?: AppDeps["runtime"] } = {}) {
+  return createApp({
+    kv,
+    clock: options.clock ?? wallClock,
+    kinds: KINDS,
+    secret: "test-secret-0123456789abcdef",
+    adminToken: ADMIN_TOKEN,
+    logger: silentLogger,
+    runtime: options.runtime,
+  });
+}
+
+/** Runs `fn` with an in-memory KV and the apps it makes, closing them all afterwards. */
+async function withKv(
+  fn: (kv: Deno.Kv, track: (d: Doppel) => Doppel) => Promise<void>,
+): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  const apps: Doppel[] = [];
+  try {
+    await fn(kv, (d) => {
+      apps.push(d);
+      return d;
+    });
+  } finally {
+    for (const d of apps) await d.close();
+    kv.close();
+  }
+}
+
+async function registerMany(d: Doppel, ids: string[], kind = "thermostat"): Promise<void> {
+  for (const id of ids) await d.registry.register({ id, kind });
+}
+
+const range = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+
+Deno.test("actor: 2,000 concurrent telemetry messages to 200 twins commit in few atomics", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv));
+    const ids = range(200, "g");
+    await registerMany(d, ids);
+    assertEquals(d.runtime.stats.batches, 0);
+
+    const sends = Array.from({ length: 2_000 }, (_, i) =>
+      d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 10 + (i % 20) }]));
+    const replies = await Promise.all(sends);
+    assert(replies.every((r) => r.accepted === 1 && r.duplicates === 0));
+
+    const { batches, batchedRequests } = d.runtime.stats;
+    assert(batches > 0);
+    assert(batches <= 200, `expected grouped commits, got ${batches} atomics for 2,000 messages`);
+    assert(batchedRequests <= 2_000);
+    assertEquals(d.runtime.activations, 200);
+
+    // All applied: one dedupe record per message id, and each twin shows its latest reading.
+    let seen = 0;
+    for await (const _ of kv.list({ prefix: ["dedupe"] })) seen++;
+    assertEquals(seen, 2_000);
+    for (const [n, id] of ids.entries()) {
+      const twin = (await loadTwin(kv, id))!.state;
+      // The last message sent to twin n was i = 1800 + n.
+      assertEquals(twin.telemetry.last, { temperature: 10 + ((1_800 + n) % 20) }, id);
+    }
+    // A resend of everything is recognised as duplicates.
+    const again = await Promise.all(
+      Array.from({ length: 2_000 }, (_, i) =>
+        d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 99 }])),
+    );
+    assertEquals(again.reduce((sum, r) => sum + r.duplicates, 0), 2_000);
+  });
+});
+
+Deno.test("actor: concurrent reported patches to 200 twins lose no update", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv, { runtime: { maxActivations: 50 } }));
+    const ids = range(200, "p");
+    await registerMany(d, ids, "generic");
+    await Promise.all(
+      Array.from({ length: 2_000 }, (_, i) =>
+        d.runtime.patchReported(ids[i % 200], { [`k${Math.floor(i / 200)}`]: i })),
+    );
+    assert(d.runtime.stats.batches < 2_000 / 4, `${d.runtime.stats.batches} atomics`);
+    for (const [n, id] of ids.entries()) {
+      const twin = (await loadTwin(kv, id))!.state;
+      assertEquals(twin.version, 11, id);
+      assertEquals(Object.keys(twin.reported).length, 10, id);
+      assertEquals(twin.reported.k9, 1_800 + n);
+    }
+  });
+});
+
+Deno.test("actor: the activation bound holds as 50 twins are touched; evicted ones still work", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv, { runtime: { maxActivations: 10 } }));
+    const ids = range(50, "b");
+    await registerMany(d, ids);
+    for (const id of ids) {
+      const { version } = await d.runtime.patchReported(id, { firmware: "1.0" });
+      assertEquals(version, 2);
+      assert(d.runtime.activations <= 10, `${d.runtime.activations} activations`);
+    }
+    assertEquals(d.runtime.activations, 10);
+    // The least recently used went first: the first twins are no longer in memory.
+    assertEquals(d.runtime.peek("b0"), undefined);
+    assert(d.runtime.peek("b49") !== undefined);
+
+    // Evicted twins reload from KV and carry on from their stored version.
+    for (const id of ids.slice(0, 20)) {
+      const { version } = await d.runtime.patchReported(id, { firmware: "2.0" });
+      assertEquals(version, 3, id);
+      assert(d.runtime.activations <= 10);
+    }
+
+  });
+});
+
+Deno.test("actor: the activation bound is restored once a concurrent burst has settled", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv, { runtime: { maxActivations: 10 } }));
+    const ids = range(50, "b");
+    await registerMany(d, [...ids, "late"]);
+    // 50 twins busy at once: all 50 need an activation while their turns run.
+    await Promise.all(ids.map((id) => d.runtime.patchReported(id, { mode: "auto" })));
+    for (const id of ids) {
+      assertEquals((await loadTwin(kv, id))!.state.reported.mode, "auto", id);
+    }
+    // Every turn has committed and been answered: nothing is busy, so the bound should hold.
+    assert(
+      d.runtime.activations <= 10,
+      `${d.runtime.activations} activations remain after the burst settled (max 10)`,
+    );
+    // Touching another twin trims the directory back within the bound in any case.
+    await d.runtime.patchReported("late", { mode: "off" });
+    assert(d.runtime.activations <= 10, `${d.runtime.activations} activations after a new touch`);
+  });
+});
+
+Deno.test("actor: idle collection passivates twins unused for idleMs", async () => {
+  await withKv(async (kv, track) => {
+    const clock = new ManualClock();
+    const d = track(await app(kv, { clock, runtime: { idleMs: 60_000 } }));
+    await registerMany(d, ["i1", "i2", "i3"]);
+    for (const id of ["i1", "i2", "i3"]) await d.runtime.patchReported(id, { firmware: "1" });
+    assertEquals(d.runtime.activations, 3);
+    assertEquals(d.runtime.collectIdle(), 0, "nothing is idle yet");
+
+    clock.advance(30_000);
+    await d.runtime.patchReported("i2", { firmware: "2" });
+    clock.advance(30_001);
+    // i1 and i3 have been idle 60.001 s; i2 only 30.001 s.
+    assertEquals(d.runtime.collectIdle(), 2);
+    assertEquals(d.runtime.activations, 1);
+    assertEquals(d.runtime.peek("i1"), undefined);
+    assertEquals(d.runtime.peek("i3"), undefined);
+    assert(d.runtime.peek("i2") !== undefined);
+
+    // A passivated twin comes back on its next message with its stored state.
+    const { version } = await d.runtime.patchReported("i1", { firmware: "3" });
+    assertEquals(version, 3);
+    assertEquals(d.runtime.activations, 2);
+    assertEquals((await loadTwin(kv, "i1"))!.state.reported, { firmware: "3" });
+
+    clock.advance(60_001);
+    assertEquals(d.runtime.collectIdle(), 2);
+    assertEquals(d.runtime.activations, 0);
+  });
+});
+
+Deno.test("actor: two runtimes on one KV patch one twin alternately without losing updates", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "shared", kind: "generic" });
+    let last = 1;
+    for (let i = 0; i < 20; i++) {
+      const runtime = i % 2 === 0 ? a.runtime : b.runtime;
+      const { version } = await runtime.patchReported("shared", { [`k${i}`]: i });
+      assertEquals(version, last + 1, `patch ${i}`);
+      last = version;
+    }
+    const twin = (await loadTwin(kv, "shared"))!.state;
+    assertEquals(twin.version, 21);
+    assertEquals(Object.keys(twin.reported).length, 20);
+    // Metadata versions follow the patches one by one.
+    for (let i = 0; i < 20; i++) {
+      assertEquals((twin.metadata.reported[`k${i}`] as { version: number }).version, i + 2);
+    }
+  });
+});
+
+Deno.test("actor: two runtimes on one KV patch one twin concurrently without losing updates", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "shared", kind: "generic" });
+    // Warm both caches so both start from the same versionstamp.
+    await a.runtime.patchReported("shared", { warm: "a" });
+    await b.runtime.patchReported("shared", { warm: "b" });
+
+    const n = 60;
+    const results = await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        (i % 2 === 0 ? a : b).runtime.patchReported("shared", { [`c${i}`]: i })),
+    );
+    const versions = results.map((r) => r.version);
+    assertEquals(new Set(versions).size, n, "every patch got its own version");
+    assertEquals(Math.min(...versions), 4);
+    assertEquals(Math.max(...versions), 3 + n);
+    // Within each runtime, later sends commit at later versions.
+    for (const parity of [0, 1]) {
+      const own = versions.filter((_, i) => i % 2 === parity);
+      for (let i = 1; i < own.length; i++) {
+        assert(own[i] > own[i - 1], `versions from runtime ${parity}: ${own}`);
+      }
+    }
+    const twin = (await loadTwin(kv, "shared"))!.state;
+    assertEquals(twin.version, 3 + n);
+    for (let i = 0; i < n; i++) assertEquals(twin.reported[`c${i}`], i);
+  });
+});
+
+Deno.test("actor: commands created from two runtimes at once all get their own queue position", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "q", kind: "thermostat" });
+    const created = await Promise.all(
+      Array.from({ length: 30 }, (_, i) =>
+        (i % 2 === 0 ? a : b).runtime.createCommand("q", {
+          name: "reboot",
+          payload: { delaySeconds: i },
+        })),
+    );
+    const seqs = created.map((c) => c.command.seq).sort((x, y) => x - y);
+    assertEquals(seqs, Array.from({ length: 30 }, (_, i) => i + 1));
+    const stored: CommandRecord[] = [];
+    for await (const entry of kv.list<CommandRecord>({ prefix: ["commands", "q"] })) {
+      stored.push(entry.value);
+    }
+    assertEquals(stored.length, 30);
+    const twin = (await loadTwin(kv, "q"))!.state;
+    assertEquals(twin.commands.pending.length, 30);
+    assertEquals(twin.commands.nextSeq, 31);
+    // Every stored command is the one its creator was told about.
+    for (const { command } of created) {
+      assertEquals(stored.find((s) => s.seq === command.seq)?.id, command.id);
+    }
+  });
+});
+
+Deno.test("actor: a stale cache does not hide another runtime's command from delivery", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "s", kind: "thermostat" });
+    // a caches the twin with no commands.
+    assertEquals(await a.runtime.deliverCommands("s"), []);
+    const { command } = await b.runtime.createCommand("s", { name: "reboot", payload: {} });
+    // a's turn changes nothing on its cached state, so it must check it is still current.
+    const delivered = await a.runtime.deliverCommands("s");
+    assertEquals(delivered.map((c) => c.id), [command.id]);
+    assertEquals((await b.runtime.getCommand("s", command.id))?.status, "delivered");
+  });
+});
+
+Deno.test("actor: messages to an unknown twin fail with not_found", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv));
+    const error = await assertRejects(() => d.runtime.patchReported("nobody", { a: 1 }));
+    assert(error instanceof DoppelError);
+    assertEquals(error.code, "not_found");
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The kinds loader
+// ---------------------------------------------------------------------------------------------
+
+const VALID_KIND = (name: string) =>
+  `import { defineTwin, z } from "doppel";
+export default defineTwin({
+  kind: "${name}",
+  telemetry: z.object({ v: z.number() }),
+  desired: z.object({}),
+  reported: z.object({}),
+});
+`;
+
+async function withKindsDir(
+  files: Record<string, string>,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "doppel-kinds-" });
+  try {
+    for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dir}/${name}`, text);
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function loadError(dir: string): Promise<Error> {
+  const error = await assertRejects(() => loadKinds(dir));
+  assert(error instanceof Error, `not an Error: ${error}`);
+  return error;
+}
+
+Deno.test("loader: a folder of valid kinds loads them all; tests and non-code are skipped", async () => {
+  await withKindsDir({
+    "alpha.ts": VALID_KIND("alpha"),
+    "beta.ts": VALID_KIND("beta"),
+    "alpha_test.ts": "throw new Error('a test file must not be imported');",
+    "README.md": "# not code",
+  }, async (dir) => {
+    const kinds = await loadKinds(dir);
+    assertEquals([...kinds.keys()].sort(), ["alpha", "beta"]);
+    assertEquals(kinds.get("alpha")?.__doppelKind, true);
+  });
+});
+
+Deno.test("loader: a kind file with a syntax error is named in the error", async () => {
+  await withKindsDir({
+    "good.ts": VALID_KIND("good"),
+    "broken.ts": `import { defineTwin, z } from "doppel";\nexport default defineTwin({ kind: "x",, });\n`,
+  }, async (dir) => {
+    const error = await loadError(dir);
+    assertMatch(error.message, /broken\.ts/);
+  });
+});
+
+Deno.test("loader: a default export not made by defineTwin is named in the error", async () => {
+  await withKindsDir({
+    "plain.ts": `import { z } from "doppel";
+export default { kind: "plain", telemetry: z.object({}), desired: z.object({}), reported: z.object({}) };
+`,
+  }, async (dir) => {
+    const error = await loadError(dir);
+    assertMatch(error.message, /plain\.ts/);
+    assertMatch(error.message, /defineTwin/);
+  });
+  await withKindsDir({ "nodefault.ts": `export const kind = 1;\n` }, async (dir) => {
+    assertMatch((await loadError(dir)).message, /nodefault\.ts/);
+  });
+});
+
+Deno.test("loader: a kind file that throws while loading is named in the error", async () => {
+  await withKindsDir({
+    "badname.ts": VALID_KIND("Bad Name"),
+  }, async (dir) => {
+    const error = await loadError(dir);
+    assertMatch(error.message, /badname\.ts/);
+    assertMatch(error.message, /Bad Name/);
+  });
+  await withKindsDir({
+    "missing.ts": `import { nothing } from "./not-there.ts";\nexport default nothing;\n`,
+  }, async (dir) => {
+    assertMatch((await loadError(dir)).message, /missing\.ts/);
+  });
+});
+
+Deno.test("loader: two files defining the same kind, an empty folder, a missing folder", async () => {
+  await withKindsDir({
+    "a.ts": VALID_KIND("same"),
+    "b.ts": VALID_KIND("same"),
+  }, async (dir) => {
+    const error = await loadError(dir);
+    assertMatch(error.message, /b\.ts/);
+    assertMatch(error.message, /"same"/);
+  });
+  await withKindsDir({}, async (dir) => {
+    assertMatch((await loadError(dir)).message, /no kind files/);
+  });
+  const missing = await loadError("/nonexistent/doppel-twins-folder");
+  assertMatch(missing.message, /doppel-twins-folder/);
+});

@@ -1,0 +1,233 @@
+/**
+ * Doppel's benchmark, run with `deno task bench`. Four parts, each on its own temp KV file:
+ *
+ * 1. Raw Deno KV ceiling: batched atomics of the exact twin values the runtime writes.
+ * 2. The twin runtime in process: durable telemetry messages per second from 2,000 callers over
+ *    10,000 twins, and its ratio to the raw ceiling.
+ * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
+ * 4. Memory: resident memory with 100,000 twins activated, in a child process.
+ *
+ * It ends with a table of every figure, its target and PASS/FAIL. `--only=raw,runtime,http,memory`
+ * runs some parts. The exit code is 0 even when a target is missed: this measures, it does not
+ * gate.
+ *
+ * ```sh
+ * deno task bench
+ * deno task bench --only=runtime
+ * ```
+ * @module
+ */
+import { fmt } from "./common.ts";
+import { type HttpResult, httpThroughput } from "./http.ts";
+import { activatedMemory } from "./memory.ts";
+import type { MemoryChildResult } from "./memory_child.ts";
+import { rawKvCeiling, type RawResult } from "./raw.ts";
+import { type RuntimeResult, runtimeThroughput } from "./runtime.ts";
+
+/** One row of the final table. */
+interface Row {
+  figure: string;
+  value: string;
+  target: string;
+  verdict: "PASS" | "FAIL" | "info" | "skip";
+}
+
+const PARTS = ["raw", "runtime", "http", "memory"] as const;
+type Part = typeof PARTS[number];
+
+function parseParts(args: string[]): Set<Part> {
+  const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
+  if (!only) return new Set(PARTS);
+  const parts = only.split(",").map((p) => p.trim());
+  for (const part of parts) {
+    if (!(PARTS as readonly string[]).includes(part)) {
+      throw new Error(`Unknown part ${JSON.stringify(part)}; expected some of ${PARTS.join(",")}.`);
+    }
+  }
+  return new Set(parts as Part[]);
+}
+
+function log(line: string): void {
+  console.log(line);
+}
+
+function verdict(ok: boolean): "PASS" | "FAIL" {
+  return ok ? "PASS" : "FAIL";
+}
+
+function pct(ratio: number): string {
+  return `${(ratio * 100).toFixed(1)}%`;
+}
+
+async function main(): Promise<void> {
+  const parts = parseParts(Deno.args);
+  const started = performance.now();
+  const rows: Row[] = [];
+  log(
+    `Doppel bench: Deno ${Deno.version.deno}, V8 ${Deno.version.v8}, ` +
+      `${navigator.hardwareConcurrency} cores, ${Deno.build.os}/${Deno.build.arch}`,
+  );
+
+  let raw: RawResult[] | undefined;
+  if (parts.has("raw")) {
+    log("\n[1/4] Raw Deno KV ceiling (file-backed, twin values from encodeTwin)");
+    raw = await rawKvCeiling({ log });
+    for (const r of raw) {
+      rows.push({
+        figure: `Raw KV, ${r.label}`,
+        value: `${fmt(r.entriesPerSec)} entries/s`,
+        target: "-",
+        verdict: "info",
+      });
+    }
+  }
+
+  let runtime: RuntimeResult | undefined;
+  if (parts.has("runtime")) {
+    log("\n[2/4] In-process runtime: runtime.telemetry() awaiting durable commit");
+    runtime = await runtimeThroughput({ log });
+    const r = runtime;
+    log(
+      `  ${fmt(r.concurrency)} callers over ${fmt(r.devices)} twins: ${fmt(r.messagesPerSec)} ` +
+        `msg/s (${fmt(r.messages)} in window, ${r.errors} errors)`,
+    );
+    log(
+      `  commit batches: ${fmt(r.batches)}, mean ${r.meanBatch.toFixed(1)} twin turns each, ` +
+        `${r.meanCommitMs.toFixed(2)} ms each; ${r.messagesPerTurn.toFixed(2)} messages per turn`,
+    );
+    rows.push({
+      figure: "Runtime durable telemetry",
+      value: `${fmt(r.messagesPerSec)} msg/s`,
+      target: ">= 20,000 msg/s",
+      verdict: verdict(r.messagesPerSec >= 20_000),
+    });
+    rows.push({
+      figure: "Runtime send errors",
+      value: String(r.errors),
+      target: "0",
+      verdict: verdict(r.errors === 0),
+    });
+    rows.push({
+      figure: "Runtime mean commit batch",
+      value: `${r.meanBatch.toFixed(1)} turns (${r.meanCommitMs.toFixed(2)} ms)`,
+      target: "- (max 100)",
+      verdict: "info",
+    });
+    if (raw) {
+      const plain = Math.max(...raw.filter((x) => !x.checked).map((x) => x.entriesPerSec));
+      const checked = raw.find((x) => x.checked)!.entriesPerSec;
+      for (const [name, ceiling] of [["1000/atomic", plain], ["checked 100x2", checked]] as const) {
+        const ratio = r.messagesPerSec / ceiling;
+        log(`  ratio to raw ${name}: ${pct(ratio)} (${fmt(r.messagesPerSec)} / ${fmt(ceiling)})`);
+        rows.push({
+          figure: `Runtime / raw ${name}`,
+          value: pct(ratio),
+          target: ">= 40%",
+          verdict: verdict(ratio >= 0.4),
+        });
+      }
+    }
+  }
+
+  let http: HttpResult | undefined;
+  if (parts.has("http")) {
+    log("\n[3/4] HTTP: real server process + wrk on POST /device/v1/telemetry");
+    http = await httpThroughput({ log });
+    if ("skipped" in http) {
+      log(`  SKIPPED: ${http.skipped}`);
+      rows.push({ figure: "HTTP telemetry", value: "skipped", target: "wrk", verdict: "skip" });
+    } else {
+      const h = http;
+      log(
+        `  ${fmt(h.requestsPerSec)} requests/s (${
+          fmt(h.requests)
+        } requests), non-2xx ${h.non2xx}, ` +
+          `socket errors ${h.socketErrors}, latency ${h.latency}` +
+          (h.serverRssMb !== undefined ? `, server peak RSS ${h.serverRssMb} MiB` : ""),
+      );
+      rows.push({
+        figure: "HTTP durable telemetry",
+        value: `${fmt(h.requestsPerSec)} req/s`,
+        target: ">= 8,000 req/s",
+        verdict: verdict(h.requestsPerSec >= 8_000),
+      });
+      rows.push({
+        figure: "HTTP non-2xx responses",
+        value: String(h.non2xx),
+        target: "0",
+        verdict: verdict(h.non2xx === 0),
+      });
+      rows.push({
+        figure: "HTTP socket errors",
+        value: String(h.socketErrors),
+        target: "0",
+        verdict: verdict(h.socketErrors === 0),
+      });
+    }
+  }
+
+  let memory: MemoryChildResult | undefined;
+  if (parts.has("memory")) {
+    log("\n[4/4] Memory: 100,000 twins activated, in a child process");
+    memory = await activatedMemory({ log });
+    const m = memory;
+    log(
+      `  seeded in ${m.seedSeconds.toFixed(1)} s, activated in ${m.activateSeconds.toFixed(1)} s ` +
+        `(${m.errors} errors); gc ${m.gc ? "forced" : "NOT available"}`,
+    );
+    log(
+      `  RSS: start ${m.startRssMb} MiB, before activation ${m.baselineRssMb} MiB, ` +
+        `with ${fmt(m.activations)} activations ${m.activatedRssMb} MiB; ` +
+        `V8 heap ${m.heapBeforeMb} -> ${m.heapAfterMb} MiB`,
+    );
+    rows.push({
+      figure: "Activations in memory",
+      value: fmt(m.activations),
+      target: "= 100,000",
+      verdict: verdict(m.activations === 100_000),
+    });
+    rows.push({
+      figure: "RSS with 100k twins activated",
+      value: `${m.activatedRssMb} MiB`,
+      target: "< 400 MiB",
+      verdict: verdict(m.activatedRssMb < 400),
+    });
+    rows.push({
+      figure: "RSS before activation (baseline)",
+      value: `${m.baselineRssMb} MiB`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "Per-twin memory (RSS delta / 100k)",
+      value: `${((m.activatedRssMb - m.baselineRssMb) * 1024 * 1024 / 100_000).toFixed(0)} bytes`,
+      target: "-",
+      verdict: "info",
+    });
+  }
+
+  log(`\nResults (${((performance.now() - started) / 1000).toFixed(0)} s in all)`);
+  printTable(rows);
+}
+
+function printTable(rows: Row[]): void {
+  const head: Row = { figure: "Figure", value: "Value", target: "Target", verdict: "info" };
+  const widths = {
+    figure: Math.max(...[head, ...rows].map((r) => r.figure.length)),
+    value: Math.max(...[head, ...rows].map((r) => r.value.length)),
+    target: Math.max(...[head, ...rows].map((r) => r.target.length)),
+  };
+  const line = (r: Row, verdictText: string): string =>
+    `| ${r.figure.padEnd(widths.figure)} | ${r.value.padStart(widths.value)} | ` +
+    `${r.target.padEnd(widths.target)} | ${verdictText.padEnd(7)} |`;
+  const rule = `|${"-".repeat(widths.figure + 2)}|${"-".repeat(widths.value + 2)}|` +
+    `${"-".repeat(widths.target + 2)}|${"-".repeat(9)}|`;
+  console.log(line(head, "Result"));
+  console.log(rule);
+  for (const row of rows) console.log(line(row, row.verdict === "info" ? "" : row.verdict));
+  const failed = rows.filter((r) => r.verdict === "FAIL").length;
+  const passed = rows.filter((r) => r.verdict === "PASS").length;
+  console.log(`\n${passed} passed, ${failed} failed.`);
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,118 @@
+/**
+ * Part 1: the raw Deno KV ceiling. On a fresh file-backed KV, overwrite the twin heads of 10,000
+ * twins with the same bytes the runtime writes, as fast as KV takes them: plain atomics of 1000
+ * sets, and checked atomics of 100 check+set pairs (the most a runtime batch can carry, since
+ * each twin commit checks its head) with 2 commits in flight, as the runtime's batcher does.
+ * @module
+ */
+import { deviceIds, fmt, removeDir, tempDir, twinAfterTelemetry, twinHeadEntry } from "./common.ts";
+
+/** One raw measurement. */
+export interface RawResult {
+  /** What was measured. */
+  label: string;
+  /** Entries written per atomic. */
+  perAtomic: number;
+  /** Atomics in flight. */
+  inFlight: number;
+  /** Whether each set carried a versionstamp check. */
+  checked: boolean;
+  /** Entries written per second. */
+  entriesPerSec: number;
+  /** Atomics committed. */
+  commits: number;
+  /** Mean milliseconds per commit. */
+  meanCommitMs: number;
+}
+
+/** Settings for {@link rawKvCeiling}. */
+export interface RawOptions {
+  /** Twins whose heads are rewritten (default 10,000). */
+  twins?: number;
+  /** Seconds per measurement (default 3). */
+  seconds?: number;
+  /** Prints progress. */
+  log?(line: string): void;
+}
+
+/** Measures raw KV write throughput with the runtime's twin values; see the module doc. */
+export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[]> {
+  const twins = options.twins ?? 10_000;
+  const seconds = options.seconds ?? 3;
+  const log = options.log ?? (() => {});
+  const dir = await tempDir("raw");
+  const kv = await Deno.openKv(`${dir}/raw.kv`);
+  try {
+    const now = Date.now();
+    const entries = deviceIds("raw", twins).map((id) => twinHeadEntry(twinAfterTelemetry(id, now)));
+    const valueBytes = JSON.stringify(entries[0].value).length;
+    log(`  ${fmt(twins)} twin heads, ~${valueBytes} bytes of JSON each`);
+    // Write every head once, remembering versionstamps for the checked runs.
+    const stamps: string[] = new Array(twins);
+    for (let i = 0; i < twins; i += 1000) {
+      const atomic = kv.atomic();
+      for (let j = i; j < Math.min(i + 1000, twins); j++) {
+        atomic.set(entries[j].key, entries[j].value);
+      }
+      const result = await atomic.commit();
+      if (!result.ok) throw new Error("Seeding the raw KV failed.");
+      stamps.fill(result.versionstamp, i, Math.min(i + 1000, twins));
+    }
+    const runs: Array<Omit<RawResult, "entriesPerSec" | "commits" | "meanCommitMs">> = [
+      { label: "1000 sets/atomic, 1 in flight", perAtomic: 1000, inFlight: 1, checked: false },
+      { label: "1000 sets/atomic, 2 in flight", perAtomic: 1000, inFlight: 2, checked: false },
+      { label: "100 check+set/atomic, 2 in flight", perAtomic: 100, inFlight: 2, checked: true },
+    ];
+    const results: RawResult[] = [];
+    for (const run of runs) {
+      const result = { ...run, ...(await measure(kv, entries, stamps, run, seconds)) };
+      log(
+        `  ${run.label.padEnd(36)} ${fmt(result.entriesPerSec).padStart(9)} entries/s ` +
+          `(${fmt(result.commits)} commits, ${result.meanCommitMs.toFixed(2)} ms each)`,
+      );
+      results.push(result);
+    }
+    return results;
+  } finally {
+    kv.close();
+    await removeDir(dir);
+  }
+}
+
+async function measure(
+  kv: Deno.Kv,
+  entries: Array<{ key: Deno.KvKey; value: unknown }>,
+  stamps: string[],
+  run: { perAtomic: number; inFlight: number; checked: boolean },
+  seconds: number,
+): Promise<{ entriesPerSec: number; commits: number; meanCommitMs: number }> {
+  // Chunks of `perAtomic` consecutive twins, taken round robin: the atomics in flight never
+  // touch the same twin, so no check fails.
+  const chunks = Math.floor(entries.length / run.perAtomic);
+  let cursor = 0;
+  let written = 0;
+  let commits = 0;
+  let commitMs = 0;
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  const lane = async (): Promise<void> => {
+    while (performance.now() < deadline) {
+      const from = (cursor++ % chunks) * run.perAtomic;
+      const atomic = kv.atomic();
+      for (let i = from; i < from + run.perAtomic; i++) {
+        if (run.checked) atomic.check({ key: entries[i].key, versionstamp: stamps[i] });
+        atomic.set(entries[i].key, entries[i].value);
+      }
+      const t0 = performance.now();
+      const result = await atomic.commit();
+      commitMs += performance.now() - t0;
+      if (!result.ok) throw new Error("A raw checked atomic failed its checks.");
+      stamps.fill(result.versionstamp, from, from + run.perAtomic);
+      written += run.perAtomic;
+      commits++;
+    }
+  };
+  await Promise.all(Array.from({ length: run.inFlight }, lane));
+  const elapsed = (performance.now() - started) / 1000;
+  return { entriesPerSec: written / elapsed, commits, meanCommitMs: commitMs / commits };
+}
