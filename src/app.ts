@@ -12,6 +12,7 @@ import { AdminAuth } from "./registry/admin.ts";
 import { Registry } from "./registry/devices.ts";
 import { KeyVault } from "./registry/secrets.ts";
 import type { TwinKind } from "./twin/kind.ts";
+import { SessionHub, type SessionOptions } from "./transports/sessions.ts";
 import { TwinRuntime, type TwinRuntimeOptions } from "./twin/runtime.ts";
 import { deviceApi } from "./web/device_api.ts";
 import { errorResponse } from "./web/http.ts";
@@ -32,6 +33,8 @@ export interface AppDeps {
   adminToken?: string;
   /** Where log lines go. */
   logger: Logger;
+  /** Session leases. */
+  sessions?: SessionOptions;
   /** Runtime tuning (activation bound, idle timeout, batching). */
   runtime?: Partial<
     Pick<
@@ -49,6 +52,8 @@ export interface Doppel {
   runtime: TwinRuntime;
   /** The device registry. */
   registry: Registry;
+  /** Open device sessions. */
+  sessions: SessionHub;
   /** The operator token, only when it was generated just now (print it once). */
   createdAdminToken?: string;
   /** Starts background loops (timers, idle collection). */
@@ -70,6 +75,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     logger,
     ...deps.runtime,
   });
+  let sessions: SessionHub | undefined;
   const registry = new Registry({
     kv,
     clock,
@@ -77,14 +83,20 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     kinds: new Set(deps.kinds.keys()),
     onChange: (id, change) => {
       if (change === "deleted") runtime.evict(id);
+      // A disabled or deleted device is refused at once: its open sessions end.
+      sessions?.deviceChanged(id).catch((error) =>
+        logger.log("error", "sessions", `Ending sessions of ${id} failed: ${error}`)
+      );
     },
   });
+  sessions = new SessionHub({ runtime, registry, bus, kv, logger, options: deps.sessions });
   const { auth: admin, created } = await AdminAuth.init(kv, deps.adminToken);
   const services: Services = {
     kv,
     registry,
     runtime,
     admin,
+    sessions,
     bus,
     logger,
     shutdown: shutdown.signal,
@@ -117,9 +129,14 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     runtime,
     registry,
     createdAdminToken: created,
-    start: () => runtime.start(),
+    sessions,
+    start: () => {
+      runtime.start();
+      sessions.start();
+    },
     close: async () => {
       shutdown.abort();
+      await sessions.close();
       await runtime.close();
     },
   };

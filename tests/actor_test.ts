@@ -58,8 +58,10 @@ Deno.test("actor: 2,000 concurrent telemetry messages to 200 twins commit in few
     await registerMany(d, ids);
     assertEquals(d.runtime.stats.batches, 0);
 
-    const sends = Array.from({ length: 2_000 }, (_, i) =>
-      d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 10 + (i % 20) }]));
+    const sends = Array.from(
+      { length: 2_000 },
+      (_, i) => d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 10 + (i % 20) }]),
+    );
     const replies = await Promise.all(sends);
     assert(replies.every((r) => r.accepted === 1 && r.duplicates === 0));
 
@@ -80,10 +82,69 @@ Deno.test("actor: 2,000 concurrent telemetry messages to 200 twins commit in few
     }
     // A resend of everything is recognised as duplicates.
     const again = await Promise.all(
-      Array.from({ length: 2_000 }, (_, i) =>
-        d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 99 }])),
+      Array.from(
+        { length: 2_000 },
+        (_, i) => d.runtime.telemetry(ids[i % 200], [{ id: `m${i}`, temperature: 99 }]),
+      ),
     );
     assertEquals(again.reduce((sum, r) => sum + r.duplicates, 0), 2_000);
+  });
+});
+
+Deno.test("actor: concurrent full-size telemetry batches to one twin all commit", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv));
+    await d.registry.register({ id: "big", kind: "generic" });
+    // Each batch alone is valid (500 items, the most allowed, each with an id). Sent together,
+    // the second and third wait in the mailbox while the first commits and then share a turn.
+    const batch = (m: number) =>
+      Array.from({ length: 500 }, (_, i) => ({ id: `m${m}-${i}`, v: i }));
+    const results = await Promise.allSettled(
+      [0, 1, 2].map((m) => d.runtime.telemetry("big", batch(m))),
+    );
+    assertEquals(
+      results.map((r) => r.status === "fulfilled" ? r.value : String(r.reason)),
+      [0, 1, 2].map(() => ({ accepted: 500, duplicates: 0 })),
+    );
+    let seen = 0;
+    for await (const _ of kv.list({ prefix: ["dedupe", "big"] })) seen++;
+    assertEquals(seen, 1_500);
+  });
+});
+
+Deno.test("actor: twins larger than one KV value round-trip through chunks, and shrink back", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "wide", kind: "generic" });
+    const countChunks = async () => {
+      let n = 0;
+      for await (const _ of kv.list({ prefix: ["twin_chunks", "wide"] })) n++;
+      return n;
+    };
+    // Astral characters are two UTF-16 code units; offsetting by one puts a chunk boundary in
+    // the middle of a surrogate pair for one of the two alignments.
+    for (const pad of ["", "x"]) {
+      const desired = pad + "😀".repeat(7_900);
+      const reported = "é".repeat(15_000);
+      await a.runtime.patchDesired("wide", { text: desired });
+      await a.runtime.patchReported("wide", { text: reported });
+      assert(await countChunks() >= 1, "the record is split into chunks");
+      const stored = (await loadTwin(kv, "wide"))!.state;
+      assertEquals(stored.desired.text, desired);
+      assertEquals(stored.reported.text, reported);
+      // The other runtime reads it back whole and carries on from it.
+      const { version } = await b.runtime.patchReported("wide", { n: pad.length });
+      assertEquals(version, stored.version + 1);
+    }
+    await b.runtime.patchDesired("wide", { text: null });
+    await b.runtime.patchReported("wide", { text: null });
+    assertEquals(await countChunks(), 0, "leftover chunks are deleted when the record shrinks");
+    const small = (await loadTwin(kv, "wide"))!.state;
+    assertEquals(small.desired, {});
+    assertEquals(small.reported, { n: 1 });
+    // And the first runtime, whose cache is stale, still writes correctly on top.
+    assertEquals((await a.runtime.patchReported("wide", { n: 2 })).version, small.version + 1);
   });
 });
 
@@ -93,8 +154,10 @@ Deno.test("actor: concurrent reported patches to 200 twins lose no update", asyn
     const ids = range(200, "p");
     await registerMany(d, ids, "generic");
     await Promise.all(
-      Array.from({ length: 2_000 }, (_, i) =>
-        d.runtime.patchReported(ids[i % 200], { [`k${Math.floor(i / 200)}`]: i })),
+      Array.from(
+        { length: 2_000 },
+        (_, i) => d.runtime.patchReported(ids[i % 200], { [`k${Math.floor(i / 200)}`]: i }),
+      ),
     );
     assert(d.runtime.stats.batches < 2_000 / 4, `${d.runtime.stats.batches} atomics`);
     for (const [n, id] of ids.entries()) {
@@ -127,7 +190,6 @@ Deno.test("actor: the activation bound holds as 50 twins are touched; evicted on
       assertEquals(version, 3, id);
       assert(d.runtime.activations <= 10);
     }
-
   });
 });
 
@@ -216,8 +278,10 @@ Deno.test("actor: two runtimes on one KV patch one twin concurrently without los
 
     const n = 60;
     const results = await Promise.all(
-      Array.from({ length: n }, (_, i) =>
-        (i % 2 === 0 ? a : b).runtime.patchReported("shared", { [`c${i}`]: i })),
+      Array.from(
+        { length: n },
+        (_, i) => (i % 2 === 0 ? a : b).runtime.patchReported("shared", { [`c${i}`]: i }),
+      ),
     );
     const versions = results.map((r) => r.version);
     assertEquals(new Set(versions).size, n, "every patch got its own version");
@@ -280,6 +344,62 @@ Deno.test("actor: a stale cache does not hide another runtime's command from del
   });
 });
 
+Deno.test("actor: replays after conflicts keep handlers, dedupe and idempotency exact", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "x", kind: "thermostat" });
+    await a.runtime.patchReported("x", { firmware: "1" });
+    await b.runtime.patchReported("x", { firmware: "2" });
+
+    // Hot readings through both: the thermostat cools once, not once per runtime.
+    const hot = await Promise.all(
+      [a, b, a, b].map((d) => d.runtime.telemetry("x", [{ temperature: 45 }])),
+    );
+    assert(hot.every((r) => r.accepted === 1));
+    let twin = (await loadTwin(kv, "x"))!.state;
+    assertEquals(twin.commands.pending.map((c) => c.name), ["cool"]);
+
+    // The same message id through both: applied once.
+    const same = await Promise.all(
+      [a, b, a, b].map((d) => d.runtime.telemetry("x", [{ id: "same", temperature: 20 }])),
+    );
+    assertEquals(same.reduce((n, r) => n + r.accepted, 0), 1);
+    assertEquals(same.reduce((n, r) => n + r.duplicates, 0), 3);
+
+    // The same Idempotency-Key through both: one command.
+    const created = await Promise.all(
+      [a, b, a, b].map((d) =>
+        d.runtime.createCommand("x", { name: "reboot", payload: {}, idempotencyKey: "k1" })
+      ),
+    );
+    assertEquals(new Set(created.map((c) => c.command.id)).size, 1);
+    assertEquals(created.filter((c) => c.created).length, 1);
+    twin = (await loadTwin(kv, "x"))!.state;
+    assertEquals(twin.commands.pending.map((c) => c.name), ["cool", "reboot"]);
+  });
+});
+
+Deno.test("actor: If-Match is judged against the stored version, not a stale cache", async () => {
+  await withKv(async (kv, track) => {
+    const a = track(await app(kv));
+    const b = track(await app(kv));
+    await a.registry.register({ id: "m", kind: "thermostat" });
+    await a.runtime.patchDesired("m", { mode: "heat" }); // a caches version 2
+    const current = (await b.runtime.patchDesired("m", { mode: "cool" })).version; // 3
+    assertEquals(current, 3);
+    // a's cache says 2, but 3 is current: accepted.
+    const next = await a.runtime.patchDesired("m", { mode: "off" }, current);
+    assertEquals(next.version, 4);
+    // b's cache says 3, but 4 is current: refused with 412, and nothing changes.
+    const error = await assertRejects(() => b.runtime.patchDesired("m", { mode: "auto" }, current));
+    assert(error instanceof DoppelError);
+    assertEquals(error.code, "precondition_failed");
+    const twin = (await loadTwin(kv, "m"))!.state;
+    assertEquals([twin.version, twin.desired.mode], [4, "off"]);
+  });
+});
+
 Deno.test("actor: messages to an unknown twin fail with not_found", async () => {
   await withKv(async (kv, track) => {
     const d = track(await app(kv));
@@ -309,7 +429,9 @@ async function withKindsDir(
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "doppel-kinds-" });
   try {
-    for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dir}/${name}`, text);
+    for (const [name, text] of Object.entries(files)) {
+      await Deno.writeTextFile(`${dir}/${name}`, text);
+    }
     await fn(dir);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -338,7 +460,8 @@ Deno.test("loader: a folder of valid kinds loads them all; tests and non-code ar
 Deno.test("loader: a kind file with a syntax error is named in the error", async () => {
   await withKindsDir({
     "good.ts": VALID_KIND("good"),
-    "broken.ts": `import { defineTwin, z } from "doppel";\nexport default defineTwin({ kind: "x",, });\n`,
+    "broken.ts":
+      `import { defineTwin, z } from "doppel";\nexport default defineTwin({ kind: "x",, });\n`,
   }, async (dir) => {
     const error = await loadError(dir);
     assertMatch(error.message, /broken\.ts/);

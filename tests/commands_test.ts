@@ -174,9 +174,9 @@ Deno.test("commands: TTL expiry through runDueTimers; a poll never returns it", 
       { status: "queued", at: iso(t0) },
       { status: "expired", at: iso(t0 + 60_001) },
     ]);
-    assertEquals(await poll(t, d), []);
     // The timer is consumed: a second sweep has nothing to do.
     assertEquals(await t.runtime.runDueTimers(), 0);
+    assertEquals(await poll(t, d), []);
     // The result of an expired command is refused.
     const late = await t.dev(d, "POST", `/device/v1/commands/${created.id}/result`, {
       status: "succeeded",
@@ -262,7 +262,10 @@ Deno.test("commands: the pending cap (100) answers 409, and frees up as commands
     // Delivered commands still count as pending.
     const items = await poll(t, d, "?limit=1");
     assertEquals(items.length, 1);
-    const still = await t.op("POST", "/api/v1/devices/c1/commands", { name: "reboot", payload: {} });
+    const still = await t.op("POST", "/api/v1/devices/c1/commands", {
+      name: "reboot",
+      payload: {},
+    });
     assertEquals(still.status, 409);
 
     // Once one finishes there is room for one more.
@@ -285,7 +288,9 @@ Deno.test("commands: delivered in creation order, also when created concurrently
     const d = await t.register({ id: "c1" });
     const sequential: string[] = [];
     for (let i = 0; i < 5; i++) {
-      sequential.push((await createCommand(t, "c1", { name: "reboot", payload: { delaySeconds: i } })).id);
+      sequential.push(
+        (await createCommand(t, "c1", { name: "reboot", payload: { delaySeconds: i } })).id,
+      );
     }
     const first = await poll(t, d, "?limit=2");
     const rest = await poll(t, d);
@@ -297,8 +302,10 @@ Deno.test("commands: delivered in creation order, also when created concurrently
 
     // Concurrent creations: delivery follows the queue position each one was given.
     const concurrent = await Promise.all(
-      Array.from({ length: 20 }, (_, i) =>
-        createCommand(t, "c1", { name: "reboot", payload: { delaySeconds: 100 + i } })),
+      Array.from(
+        { length: 20 },
+        (_, i) => createCommand(t, "c1", { name: "reboot", payload: { delaySeconds: 100 + i } }),
+      ),
     );
     const bySeq = [...concurrent].sort((a, b) => a.seq - b.seq).map((c) => c.id);
     assertEquals(new Set(bySeq).size, 20, "every command got its own id");

@@ -931,6 +931,11 @@ test("POST /devices/{id}/commands queues: 202 {id, status: queued}; GET list and
   );
   await expectError(await t.op("GET", "/api/v1/devices/ghost/commands"), 404, "not_found");
   await expectInvalid(await t.op("GET", "/api/v1/devices/d1/commands?limit=0"), "limit");
+  await expectInvalid(await t.op("GET", "/api/v1/devices/d1/commands?status=bogus"), "status");
+  await expectInvalid(
+    await t.op("GET", "/api/v1/devices/d1/commands?cursor=not-a-cursor!!"),
+    "cursor",
+  );
 });
 
 test("command status moves queued → delivered → succeeded, with result and timestamps", async (t) => {
@@ -1146,4 +1151,68 @@ test("a command whose payload fields are all optional may omit the optional payl
     202,
   );
   assertEquals(cmd.status, "queued");
+});
+
+test("an unknown field is named in details.fields (strict operator body and thermostat desired)", async (t) => {
+  // The contract: 400 bad input, "details name the field".
+  await t.register({ id: "d1" });
+  const body = await expectError(
+    await t.op("POST", "/api/v1/devices", { id: "a", kind: "generic", colour: "red" }),
+    400,
+    "validation_failed",
+  );
+  assert(fields(body).includes("colour"), JSON.stringify(body.details));
+  const desired = await expectError(
+    await t.op("PATCH", "/api/v1/twins/d1/desired", { fanSpeed: 3 }),
+    400,
+    "validation_failed",
+  );
+  assert(fields(desired).includes("fanSpeed"), JSON.stringify(desired.details));
+});
+
+test("concurrent desired patches with one If-Match: exactly one wins, the rest get 412", async (t) => {
+  await t.register({ id: "d1" });
+  const results = await Promise.all(
+    [18, 19, 20, 21, 22].map((targetTemperature) =>
+      t.op("PATCH", "/api/v1/twins/d1/desired", { targetTemperature }, { "if-match": '"1"' })
+    ),
+  );
+  const statuses = results.map((r) => r.status).sort();
+  assertEquals(statuses, [200, 412, 412, 412, 412]);
+  const winner = results.find((r) => r.status === 200)!;
+  const body = await json(winner, 200);
+  for (const r of results.filter((r) => r.status === 412)) {
+    await expectError(r, 412, "precondition_failed");
+  }
+  const twin = await twinOf(t, "d1");
+  assertEquals(twin.version, 2);
+  assertEquals(twin.desired, body.desired);
+});
+
+test("concurrent registrations of one id: one 201, the rest 409", async (t) => {
+  const results = await Promise.all(
+    ["thermostat", "generic", "thermostat"].map((kind) =>
+      t.op("POST", "/api/v1/devices", { id: "same", kind })
+    ),
+  );
+  assertEquals(results.map((r) => r.status).sort(), [201, 409, 409]);
+  const winner = await json(results.find((r) => r.status === 201)!, 201);
+  for (const r of results.filter((r) => r.status === 409)) await expectError(r, 409, "conflict");
+  assert(await keyWorks(t, { id: "same", key: winner.key }));
+  const listed = await json(await t.op("GET", "/api/v1/devices"), 200);
+  assertEquals(listed.items.map((i: { id: string }) => i.id), ["same"]);
+  assertEquals(listed.items[0].kind, winner.kind);
+});
+
+test("a command payload over the payload cap is refused with 413, creating nothing", async (t) => {
+  await t.register({ id: "g1", kind: "generic" });
+  await expectError(
+    await t.op("POST", "/api/v1/devices/g1/commands", {
+      name: "upload",
+      payload: { data: "x".repeat(20 * 1024) },
+    }),
+    413,
+    "payload_too_large",
+  );
+  assertEquals(await commandsOf(t, "g1"), []);
 });

@@ -395,7 +395,9 @@ Deno.test("turn: a telemetry batch with one bad item is refused whole", () => {
   assertEquals(result.writes.messageIds, [], "no id is marked seen");
 
   // Bad envelope fields count too.
-  const badTs = errorOf(turn(r0, [{ type: "telemetry", items: [{ lux: 1 }, { lux: 2, ts: "?" }] }]));
+  const badTs = errorOf(
+    turn(r0, [{ type: "telemetry", items: [{ lux: 1 }, { lux: 2, ts: "?" }] }]),
+  );
   assertEquals(fieldsOf(badTs), ["items[1].ts"]);
   const badId = errorOf(turn(r0, [{ type: "telemetry", items: [{ lux: 1, id: "" }] }]));
   assertEquals(fieldsOf(badId), ["id"]);
@@ -590,7 +592,11 @@ Deno.test("turn: thermostat sends `cool` on a hot reading and not again within 6
   assertEquals(hot.writes.events.map((e) => e.type), ["overheat"]);
 
   // Still hot 30 s and 59.999 s later: no second command.
-  const t30 = turn(hot.state, [{ type: "telemetry", items: [{ temperature: 36 }] }], opts(T0 + 30_000));
+  const t30 = turn(
+    hot.state,
+    [{ type: "telemetry", items: [{ temperature: 36 }] }],
+    opts(T0 + 30_000),
+  );
   assertEquals(t30.state.commands.pending.length, 1);
   assertEquals(t30.writes.commands, []);
   const t59 = turn(t30.state, [{ type: "telemetry", items: [{ temperature: 37 }] }], {
@@ -657,8 +663,20 @@ Deno.test("turn: command lifecycle, expiry and the pending cap in the pure turn"
   }], { now: T0 + 2000 });
   assertEquals((okValue(t3) as { status: string }).status, "succeeded");
   assertEquals(t3.state.commands.pending.length, 1);
-  const again = turn(t3.state, [{ type: "command.result", commandId: first.id, status: "failed" }]);
+  // The runtime reads finished commands from KV for the turn: a late result is a conflict…
+  const again = turn(
+    t3.state,
+    [{ type: "command.result", commandId: first.id, status: "failed" }],
+    { reads: { ...NO_READS, finishedCommandIds: new Set([first.id]) } },
+  );
   assertEquals(errorOf(again).code, "conflict");
+  // …and an id that was never issued is unknown.
+  const never = turn(t3.state, [{
+    type: "command.result",
+    commandId: "1-00000000",
+    status: "failed",
+  }]);
+  assertEquals(errorOf(never).code, "not_found");
 
   // Pending cap: 100.
   let state = r0;
@@ -672,4 +690,23 @@ Deno.test("turn: command lifecycle, expiry and the pending cap in the pure turn"
   const over = turn(state, [{ type: "command.create", name: "blink", payload: { times: 1 } }]);
   assertEquals(errorOf(over).code, "conflict");
   assertEquals(errorOf(over).status, 409);
+});
+
+Deno.test("turn: a handler's command refused by the pending cap fails the handler, not the reading", () => {
+  const creates: TwinMessage[] = Array.from({ length: 100 }, () => ({
+    type: "command.create" as const,
+    name: "reboot",
+    payload: {},
+  }));
+  const full = turn(fresh("thermostat"), creates, { kind: thermostat }).state;
+  assertEquals(full.commands.pending.length, 100);
+  const result = turn(full, [{ type: "telemetry", items: [{ temperature: 45 }] }], {
+    kind: thermostat,
+  });
+  assertEquals(okValue(result), { accepted: 1, duplicates: 0 });
+  assertEquals(result.state.telemetry.last, { temperature: 45 });
+  assertEquals(result.state.commands.pending.length, 100);
+  assertEquals(result.state.memory, {}, "the handler's memory update is dropped with it");
+  assertEquals(result.writes.events.map((e) => e.type), ["handler.failed"]);
+  assertMatch(JSON.stringify(result.writes.events[0].data), /100 commands waiting/);
 });

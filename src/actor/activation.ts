@@ -5,7 +5,7 @@
  * and effects are released, and that a conflict means reload and run the same messages again.
  * @module
  */
-import { type CommitBatcher, type CommitRequest } from "./commit_batcher.ts";
+import { type CommitBatcher, type CommitRequest, CommitTooLargeError } from "./commit_batcher.ts";
 import { type Envelope, Mailbox } from "./mailbox.ts";
 
 /** State loaded from storage with the versionstamp it was read at. */
@@ -41,6 +41,8 @@ export interface Behavior<S, M> {
   plan(id: string, current: Loaded<S>, messages: M[]): Promise<Plan<S>>;
   /** The error for messages to an actor that does not exist. */
   notFound(id: string): Error;
+  /** The error for one message whose writes cannot fit in one atomic. */
+  tooLarge(error: CommitTooLargeError): Error;
 }
 
 /** Settings an activation shares with its directory. */
@@ -116,7 +118,7 @@ export class Activation<S, M> {
         const batch = this.#mailbox.take(this.#ctx.maxBatch);
         this.#inTurn = true;
         try {
-          await this.#turn(batch);
+          await this.#turnFitting(batch);
         } catch (error) {
           // Storage failed: the batch's senders learn of it; nothing was released.
           this.#inTurn = false;
@@ -127,6 +129,25 @@ export class Activation<S, M> {
       }
     } finally {
       this.#running = false;
+    }
+  }
+
+  /** Runs a turn; if its writes are too many for one atomic, runs halves of it in order. */
+  async #turnFitting(batch: Envelope<M>[]): Promise<void> {
+    try {
+      await this.#turn(batch);
+    } catch (error) {
+      if (!(error instanceof CommitTooLargeError)) throw error;
+      if (batch.length === 1) {
+        this.#inTurn = false;
+        batch[0].reject(this.#ctx.behavior.tooLarge(error));
+        return;
+      }
+      const half = Math.ceil(batch.length / 2);
+      this.#inTurn = true;
+      await this.#turnFitting(batch.slice(0, half));
+      this.#inTurn = true;
+      await this.#turnFitting(batch.slice(half));
     }
   }
 

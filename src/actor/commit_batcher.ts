@@ -41,6 +41,17 @@ interface Pending {
   reject(error: unknown): void;
 }
 
+/** A single request larger than one KV atomic may be. */
+export class CommitTooLargeError extends RangeError {
+  /** Describes the request that does not fit. */
+  constructor(mutations: number, bytes: number) {
+    super(
+      `A commit of ${mutations} mutations and ${bytes} bytes exceeds what one KV atomic can hold.`,
+    );
+    this.name = "CommitTooLargeError";
+  }
+}
+
 /** Packs commit requests into grouped atomics. */
 export class CommitBatcher {
   #kv: Deno.Kv;
@@ -69,11 +80,7 @@ export class CommitBatcher {
       request.checks.length > o.maxChecks || request.mutations.length > o.maxMutations ||
       request.bytes > o.maxBytes
     ) {
-      return Promise.reject(
-        new RangeError(
-          `A commit of ${request.mutations.length} mutations and ${request.bytes} bytes exceeds what one KV atomic can hold.`,
-        ),
-      );
+      return Promise.reject(new CommitTooLargeError(request.mutations.length, request.bytes));
     }
     return new Promise((resolve, reject) => {
       this.#queue.push({ request, resolve, reject });

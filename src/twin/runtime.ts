@@ -5,7 +5,11 @@
  * @module
  */
 import type { Activation, Behavior, Loaded, Plan } from "../actor/activation.ts";
-import { type BatcherOptions, CommitBatcher } from "../actor/commit_batcher.ts";
+import {
+  type BatcherOptions,
+  CommitBatcher,
+  type CommitTooLargeError,
+} from "../actor/commit_batcher.ts";
 import { Directory } from "../actor/directory.ts";
 import type { Clock } from "../clock.ts";
 import { COMMAND_LIMITS, type CommandRecord, parseCommandSeq } from "../commands/model.ts";
@@ -270,6 +274,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     return (await twinVersionstamp(this.#runtime.internals.kv, id)) === versionstamp;
   }
 
+  tooLarge(error: CommitTooLargeError): Error {
+    return new DoppelError(
+      "payload_too_large",
+      `The message needs more writes than one commit can hold (${error.message}); send it in smaller parts.`,
+    );
+  }
+
   notFound(id: string): Error {
     return new DoppelError("not_found", `Device ${id} has no twin (it may have been deleted).`);
   }
@@ -372,6 +383,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     const kv = this.#runtime.internals.kv;
     const messageIds: string[] = [];
     const idemKeys: string[] = [];
+    const resultIds: string[] = [];
     for (const message of messages) {
       if (message.type === "telemetry") {
         for (const item of message.items) {
@@ -380,11 +392,19 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         }
       } else if (message.type === "command.create" && message.idempotencyKey !== undefined) {
         idemKeys.push(message.idempotencyKey);
+      } else if (
+        message.type === "command.result" &&
+        !state.commands.pending.some((c) => c.id === message.commandId)
+      ) {
+        resultIds.push(message.commandId);
       }
     }
     const seenMessageIds = new Set<string>();
     const idempotent = new Map<string, CommandRecord>();
-    if (messageIds.length === 0 && idemKeys.length === 0) return { seenMessageIds, idempotent };
+    const finishedCommandIds = new Set<string>();
+    if (messageIds.length === 0 && idemKeys.length === 0 && resultIds.length === 0) {
+      return { seenMessageIds, idempotent };
+    }
     const reads: Promise<void>[] = [];
     for (let i = 0; i < messageIds.length; i += 10) {
       const slice = messageIds.slice(i, i + 10);
@@ -405,8 +425,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         if (command) idempotent.set(key, command);
       })());
     }
+    for (const commandId of resultIds) {
+      reads.push((async () => {
+        if (await this.#runtime.getCommand(id, commandId)) finishedCommandIds.add(commandId);
+      })());
+    }
     await Promise.all(reads);
-    return { seenMessageIds, idempotent };
+    return { seenMessageIds, idempotent, finishedCommandIds };
   }
 }
 

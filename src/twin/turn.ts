@@ -94,6 +94,8 @@ export interface TurnReads {
   seenMessageIds: ReadonlySet<string>;
   /** Commands already created under an `Idempotency-Key`, by key. */
   idempotent: ReadonlyMap<string, CommandRecord>;
+  /** Ids of finished commands that results were sent for (so a late result is 409, not 404). */
+  finishedCommandIds?: ReadonlySet<string>;
 }
 
 /** What the turn gets from outside besides the record. */
@@ -712,8 +714,8 @@ class Turn {
     const state = draft.state;
     const command = state.commands.pending.find((c) => c.id === id);
     if (!command) {
-      const seq = parseCommandSeq(id);
-      if (seq !== undefined && seq < state.commands.nextSeq) {
+      const finishedNow = [...draft.commands.values()].some((c) => c.id === id);
+      if (finishedNow || this.#reads.finishedCommandIds?.has(id)) {
         throw new DoppelError("conflict", `Command ${id} has already finished.`);
       }
       throw new DoppelError("not_found", `Device ${state.id} has no command ${id}.`);
@@ -865,12 +867,18 @@ function parseTs(ts: unknown): number | undefined | null {
 
 /** Zod issues as contract field issues, with dotted paths. */
 export function zodIssues(error: z.ZodError): FieldIssue[] {
-  return error.issues.map((issue) => ({
-    field: issue.path.map((p, i) =>
-      typeof p === "number" ? `[${p}]` : `${i === 0 ? "" : "."}${String(p)}`
-    ).join(""),
-    message: issue.message,
-  }));
+  const path = (parts: PropertyKey[]) =>
+    parts.map((p, i) => typeof p === "number" ? `[${p}]` : `${i === 0 ? "" : "."}${String(p)}`)
+      .join("");
+  return error.issues.flatMap((issue) =>
+    // An unknown key is named itself, not its parent object.
+    issue.code === "unrecognized_keys"
+      ? issue.keys.map((key) => ({
+        field: path([...issue.path, key]),
+        message: "is not a known field",
+      }))
+      : [{ field: path(issue.path), message: issue.message }]
+  );
 }
 
 /** Statuses a device may report for a command. */

@@ -11,6 +11,7 @@ import { type DeviceCaller, requireDevice } from "./auth.ts";
 import { BODY_LIMITS, intParam, parseWith, readJson } from "./http.ts";
 import { CommandResult } from "./schemas.ts";
 import type { Services } from "./services.ts";
+import { serveDeviceSocket } from "../transports/websocket.ts";
 
 type Env = { Variables: { caller: DeviceCaller } };
 
@@ -31,6 +32,22 @@ export function deviceApi(s: Services): Hono<Env> {
   api.use("*", async (c, next) => {
     c.set("caller", await requireDevice(c, s.registry));
     await next();
+  });
+
+  api.get("/ws", (c) => {
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+      throw new DoppelError("bad_request", "GET /device/v1/ws expects a WebSocket upgrade.");
+    }
+    const { device, target } = c.get("caller");
+    if (target.id !== device.id) {
+      throw new DoppelError(
+        "bad_request",
+        "A WebSocket session belongs to the connecting device; a gateway names children per frame.",
+      );
+    }
+    const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { idleTimeout: 60 });
+    serveDeviceSocket(socket, device, s);
+    return response;
   });
 
   api.post("/telemetry", async (c) => {
@@ -81,6 +98,13 @@ export function deviceApi(s: Services): Hono<Env> {
         return c.json({ items: delivered.map(deviceCommand) });
       }
       if (!(await queued)) return c.json({ items: [] });
+      // The poll waited: a device disabled meanwhile must not be handed anything.
+      const { device, target } = c.get("caller");
+      for (const who of new Set([device.id, target.id])) {
+        if (!(await s.registry.get(who))?.enabled) {
+          throw new DoppelError("forbidden", `Device ${who} is disabled.`);
+        }
+      }
     }
   });
 

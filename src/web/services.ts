@@ -7,6 +7,7 @@ import type { EventBus } from "../events/bus.ts";
 import type { Logger } from "../log.ts";
 import type { AdminAuth } from "../registry/admin.ts";
 import type { Registry } from "../registry/devices.ts";
+import type { SessionHub } from "../transports/sessions.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 
 /** The app's parts, as routes see them. */
@@ -17,6 +18,8 @@ export interface Services {
   registry: Registry;
   /** Twin actors. */
   runtime: TwinRuntime;
+  /** Open device sessions (WebSocket, MQTT). */
+  sessions: SessionHub;
   /** Operator token check. */
   admin: AdminAuth;
   /** Committed notices. */
