@@ -75,7 +75,6 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     logger,
     ...deps.runtime,
   });
-  let sessions: SessionHub | undefined;
   const registry = new Registry({
     kv,
     clock,
@@ -84,12 +83,19 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     onChange: (id, change) => {
       if (change === "deleted") runtime.evict(id);
       // A disabled or deleted device is refused at once: its open sessions end.
-      sessions?.deviceChanged(id).catch((error) =>
+      sessions.deviceChanged(id).catch((error) =>
         logger.log("error", "sessions", `Ending sessions of ${id} failed: ${error}`)
       );
     },
   });
-  sessions = new SessionHub({ runtime, registry, bus, kv, logger, options: deps.sessions });
+  const sessions: SessionHub = new SessionHub({
+    runtime,
+    registry,
+    bus,
+    kv,
+    logger,
+    options: deps.sessions,
+  });
   const { auth: admin, created } = await AdminAuth.init(kv, deps.adminToken);
   const services: Services = {
     kv,

@@ -13,7 +13,6 @@ import {
   type CommandRecord,
   type CommandStatus,
   expireDue,
-  parseCommandSeq,
   transition,
 } from "../commands/model.ts";
 import { DoppelError, type FieldIssue, validationError } from "../errors.ts";
