@@ -12,7 +12,9 @@ import { AdminAuth } from "./registry/admin.ts";
 import { Registry } from "./registry/devices.ts";
 import { KeyVault } from "./registry/secrets.ts";
 import type { TwinKind } from "./twin/kind.ts";
+import { createMqttEndpoint, type MqttEndpoint } from "./transports/mqtt_embedded.ts";
 import { SessionHub, type SessionOptions } from "./transports/sessions.ts";
+import { websocketStream } from "./transports/ws_stream.ts";
 import { TwinRuntime, type TwinRuntimeOptions } from "./twin/runtime.ts";
 import { deviceApi } from "./web/device_api.ts";
 import { errorResponse } from "./web/http.ts";
@@ -35,6 +37,8 @@ export interface AppDeps {
   logger: Logger;
   /** Session leases. */
   sessions?: SessionOptions;
+  /** Runs the embedded MQTT endpoint (served by `mqtt.handle` and at `/mqtt`). */
+  mqtt?: boolean;
   /** Runtime tuning (activation bound, idle timeout, batching). */
   runtime?: Partial<
     Pick<
@@ -54,6 +58,8 @@ export interface Doppel {
   registry: Registry;
   /** Open device sessions. */
   sessions: SessionHub;
+  /** The embedded MQTT endpoint, when enabled: pass TCP connections to `mqtt.handle`. */
+  mqtt?: MqttEndpoint;
   /** The operator token, only when it was generated just now (print it once). */
   createdAdminToken?: string;
   /** Starts background loops (timers, idle collection). */
@@ -127,6 +133,24 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     errorResponse(new DoppelError("not_found", `No route for ${c.req.method} ${c.req.path}.`))
   );
   app.get("/healthz", (c) => c.json({ status: "ok" }));
+  const mqtt = deps.mqtt
+    ? await createMqttEndpoint({ runtime, registry, sessions, kv, logger })
+    : undefined;
+  if (mqtt) {
+    app.get("/mqtt", (c) => {
+      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+        throw new DoppelError(
+          "bad_request",
+          "GET /mqtt expects a WebSocket upgrade (MQTT over WebSocket).",
+        );
+      }
+      const offered = c.req.header("sec-websocket-protocol")?.split(",").map((p) => p.trim());
+      const protocol = offered?.find((p) => p === "mqtt" || p === "mqttv3.1");
+      const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { protocol });
+      mqtt.handle(websocketStream(socket));
+      return response;
+    });
+  }
   app.route("/api/v1", operatorApi(services));
   app.route("/device/v1", deviceApi(services));
 
@@ -136,6 +160,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     registry,
     createdAdminToken: created,
     sessions,
+    mqtt,
     start: () => {
       runtime.start();
       sessions.start();
@@ -143,6 +168,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     close: async () => {
       shutdown.abort();
       await sessions.close();
+      await mqtt?.close();
       await runtime.close();
     },
   };

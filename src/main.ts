@@ -8,6 +8,7 @@
  * ```
  * @module
  */
+import { createServer, type Server } from "node:net";
 import { createApp } from "./app.ts";
 import { systemClock } from "./clock.ts";
 import { isLogLevel, jsonLogger } from "./log.ts";
@@ -17,6 +18,8 @@ import { loadKinds } from "./twin/loader.ts";
 /** Settings from the environment and flags. */
 interface Config {
   port: number;
+  mqttPort: number;
+  mqttUrl?: string;
   kvPath: string;
   twinsDir: string;
   adminToken?: string;
@@ -37,8 +40,16 @@ function readConfig(args: string[]): Config {
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`PORT ${JSON.stringify(get("port", "PORT"))} is not a port number.`);
   }
+  const mqttPort = Number(get("mqtt-port", "MQTT_PORT") ?? 1883);
+  if (!Number.isInteger(mqttPort) || mqttPort < 0 || mqttPort > 65535) {
+    throw new Error(
+      `MQTT_PORT ${JSON.stringify(get("mqtt-port", "MQTT_PORT"))} is not a port number.`,
+    );
+  }
   return {
     port,
+    mqttPort,
+    mqttUrl: get("mqtt-url", "MQTT_URL"),
     kvPath: get("kv", "DOPPEL_KV") ?? "./data/doppel.kv",
     twinsDir: get("twins", "DOPPEL_TWINS") ?? "./twins",
     adminToken: get("admin-token", "DOPPEL_ADMIN_TOKEN"),
@@ -92,6 +103,7 @@ async function main(): Promise<void> {
     secret: await serverSecret(config, !remote),
     adminToken: config.adminToken,
     logger,
+    mqtt: true,
   });
   if (doppel.createdAdminToken) {
     // Shown once, on first start; only its hash is kept.
@@ -112,11 +124,32 @@ async function main(): Promise<void> {
     },
   }, doppel.app.fetch);
   let stopping = false;
+  let mqttServer: Server | undefined;
+  if (config.mqttPort !== 0 && doppel.mqtt) {
+    const endpoint = doppel.mqtt;
+    mqttServer = createServer((socket) => endpoint.handle(socket));
+    await new Promise<void>((resolve, reject) => {
+      mqttServer!.once("error", reject);
+      mqttServer!.listen(config.mqttPort, config.hostname, () => resolve());
+    });
+    const address = mqttServer.address();
+    logger.log(
+      "info",
+      "main",
+      `MQTT listening on mqtt://${config.hostname}:${
+        typeof address === "object" && address ? address.port : config.mqttPort
+      }`,
+      {
+        mqttPort: typeof address === "object" && address ? address.port : config.mqttPort,
+      },
+    );
+  }
   const shutdown = async () => {
     if (stopping) return;
     stopping = true;
     logger.log("info", "main", "Shutting down.");
     stop.abort();
+    mqttServer?.close();
     await doppel.close();
     await server.finished;
     kv.close();

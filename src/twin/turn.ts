@@ -725,7 +725,12 @@ class Turn {
         `A command result may be at most ${COMMAND_LIMITS.maxPayloadBytes} bytes.`,
       );
     }
-    const done = transition(command, status, this.#env.now, result === undefined ? {} : { result });
+    const now = this.#env.now;
+    // A result proves the device had the command, even if its hand-over ack has not come yet.
+    const handed = command.status === "queued"
+      ? transition(command, "delivered", now, { deliveredAt: new Date(now).toISOString() })
+      : command;
+    const done = transition(handed, status, now, result === undefined ? {} : { result });
     draft.state = {
       ...state,
       commands: {

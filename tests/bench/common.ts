@@ -141,3 +141,60 @@ export function fmt(n: number): string {
 export function mb(bytes: number): number {
   return Math.round(bytes / 1024 / 1024 * 10) / 10;
 }
+
+/** CPU seconds a process has used, split into its main thread and the rest (Linux only). */
+export interface ThreadCpu {
+  /** The main thread: all JavaScript runs here. */
+  main: number;
+  /** Every other thread (KV's SQLite writer, Tokio workers, V8 helpers). */
+  others: number;
+  /** Seconds by thread name, main thread included. */
+  byName: Record<string, number>;
+}
+
+/** CPU time of process `pid` (default this one) by thread, from /proc; `null` without /proc. */
+export function threadCpu(pid: number = Deno.pid): ThreadCpu | null {
+  const ticks = 100; // USER_HZ, 100 on Linux.
+  const out: ThreadCpu = { main: 0, others: 0, byName: {} };
+  try {
+    for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+      let stat: string;
+      try {
+        stat = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/stat`);
+      } catch {
+        continue; // The thread ended.
+      }
+      const open = stat.indexOf("("), close = stat.lastIndexOf(")");
+      const name = stat.slice(open + 1, close);
+      const fields = stat.slice(close + 2).split(" ");
+      // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
+      const seconds = (Number(fields[11]) + Number(fields[12])) / ticks;
+      if (Number(task.name) === pid) out.main += seconds;
+      else out.others += seconds;
+      out.byName[name] = (out.byName[name] ?? 0) + seconds;
+    }
+  } catch {
+    return null;
+  }
+  return out;
+}
+
+/** CPU used between two {@link threadCpu} readings, as percent of `seconds` of wall time. */
+export function cpuShare(
+  before: ThreadCpu | null,
+  after: ThreadCpu | null,
+  seconds: number,
+): { main: number; others: number; top: string } | null {
+  if (!before || !after) return null;
+  const busiest = Object.entries(after.byName)
+    .map(([name, s]) => [name, s - (before.byName[name] ?? 0)] as const)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 3)
+    .map(([name, s]) => `${name} ${Math.round(s / seconds * 100)}%`)
+    .join(", ");
+  return {
+    main: (after.main - before.main) / seconds * 100,
+    others: (after.others - before.others) / seconds * 100,
+    top: busiest,
+  };
+}

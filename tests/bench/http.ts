@@ -4,7 +4,17 @@
  * Lua script that rotates over the devices' Basic credentials and counts non-2xx answers.
  * @module
  */
-import { BENCH_SECRET, fmt, removeDir, ROOT, sleep, tempDir, TWINS_DIR } from "./common.ts";
+import {
+  BENCH_SECRET,
+  cpuShare,
+  fmt,
+  removeDir,
+  ROOT,
+  sleep,
+  tempDir,
+  threadCpu,
+  TWINS_DIR,
+} from "./common.ts";
 
 /** What the HTTP run measured, or why it was skipped. */
 export type HttpResult =
@@ -26,6 +36,8 @@ export type HttpResult =
     latency: string;
     /** Peak resident memory of the server process, MiB, if readable. */
     serverRssMb?: number;
+    /** Server CPU busy % during wrk: main (JavaScript) thread, other threads, busiest threads. */
+    serverCpu: { main: number; others: number; top: string } | null;
   };
 
 /** Settings for {@link httpThroughput}. */
@@ -73,6 +85,7 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
       DOPPEL_SECRET: BENCH_SECRET,
       DOPPEL_TWINS: TWINS_DIR,
       DOPPEL_LOG_LEVEL: "warn",
+      MQTT_PORT: "0", // No MQTT listener (where supported): avoids clashing on port 1883.
     },
     stdin: "null",
     stdout: "null",
@@ -101,7 +114,14 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
       `${base}/device/v1/telemetry`,
     ];
     log(`  wrk ${args.join(" ")}`);
+    const cpuBefore = threadCpu(server.pid);
+    const wrkStarted = performance.now();
     const run = await new Deno.Command(wrk, { args, stdout: "piped", stderr: "piped" }).output();
+    const serverCpu = cpuShare(
+      cpuBefore,
+      threadCpu(server.pid),
+      (performance.now() - wrkStarted) / 1000,
+    );
     const out = new TextDecoder().decode(run.stdout);
     if (!run.success) {
       throw new Error(`wrk failed: ${new TextDecoder().decode(run.stderr)}\n${out}`);
@@ -121,6 +141,7 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
       socketErrors: socket ? socket.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
       latency: latency ? `avg ${latency[1]}, stdev ${latency[2]}, max ${latency[3]}` : "?",
       serverRssMb: await peakRssMb(server.pid),
+      serverCpu,
     };
   } finally {
     try {

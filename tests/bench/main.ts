@@ -7,13 +7,16 @@
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
  *
- * It ends with a table of every figure, its target and PASS/FAIL. `--only=raw,runtime,http,memory`
- * runs some parts. The exit code is 0 even when a target is missed: this measures, it does not
- * gate.
+ * It ends with a table of every figure, its target and PASS/FAIL. The exit code is 0 even when a
+ * target is missed: this measures, it does not gate. Flags, for exploring:
+ *
+ * - `--only=raw,runtime,http,memory`: run some parts.
+ * - `--callers=N`: concurrent callers in part 2 (default 2,000).
+ * - `--in-flight=N`: the runtime batcher's commits in flight in part 2 (default: its own, 2).
  *
  * ```sh
  * deno task bench
- * deno task bench --only=runtime
+ * deno task bench --only=runtime --in-flight=4
  * ```
  * @module
  */
@@ -35,8 +38,23 @@ interface Row {
 const PARTS = ["raw", "runtime", "http", "memory"] as const;
 type Part = typeof PARTS[number];
 
+function flag(args: string[], name: string): string | undefined {
+  return args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+}
+
+function intFlag(args: string[], name: string): number | undefined {
+  const value = flag(args, name);
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer.`);
+  return n;
+}
+
 function parseParts(args: string[]): Set<Part> {
-  const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
+  for (const arg of args) {
+    if (!/^--(only|callers|in-flight)=/.test(arg)) throw new Error(`Unknown argument ${arg}.`);
+  }
+  const only = flag(args, "only");
   if (!only) return new Set(PARTS);
   const parts = only.split(",").map((p) => p.trim());
   for (const part of parts) {
@@ -85,7 +103,11 @@ async function main(): Promise<void> {
   let runtime: RuntimeResult | undefined;
   if (parts.has("runtime")) {
     log("\n[2/4] In-process runtime: runtime.telemetry() awaiting durable commit");
-    runtime = await runtimeThroughput({ log });
+    runtime = await runtimeThroughput({
+      log,
+      concurrency: intFlag(Deno.args, "callers"),
+      maxInFlight: intFlag(Deno.args, "in-flight"),
+    });
     const r = runtime;
     log(
       `  ${fmt(r.concurrency)} callers over ${fmt(r.devices)} twins: ${fmt(r.messagesPerSec)} ` +
@@ -93,8 +115,16 @@ async function main(): Promise<void> {
     );
     log(
       `  commit batches: ${fmt(r.batches)}, mean ${r.meanBatch.toFixed(1)} twin turns each, ` +
-        `${r.meanCommitMs.toFixed(2)} ms each; ${r.messagesPerTurn.toFixed(2)} messages per turn`,
+        `${r.meanCommitMs.toFixed(2)} ms each (${r.maxInFlight} in flight); ` +
+        `${r.messagesPerTurn.toFixed(2)} messages per turn`,
     );
+    if (r.cpu) {
+      log(
+        `  CPU: main (JS) thread ${r.cpu.main.toFixed(0)}% busy = ` +
+          `${(r.cpu.main / 100 / r.messagesPerSec * 1e6).toFixed(1)} µs per message; ` +
+          `other threads ${r.cpu.others.toFixed(0)}% [${r.cpu.top}]`,
+      );
+    }
     rows.push({
       figure: "Runtime durable telemetry",
       value: `${fmt(r.messagesPerSec)} msg/s`,
@@ -145,6 +175,13 @@ async function main(): Promise<void> {
           `socket errors ${h.socketErrors}, latency ${h.latency}` +
           (h.serverRssMb !== undefined ? `, server peak RSS ${h.serverRssMb} MiB` : ""),
       );
+      if (h.serverCpu) {
+        log(
+          `  server CPU: main (JS) thread ${h.serverCpu.main.toFixed(0)}% busy = ` +
+            `${(h.serverCpu.main / 100 / h.requestsPerSec * 1e6).toFixed(1)} µs per request; ` +
+            `other threads ${h.serverCpu.others.toFixed(0)}% [${h.serverCpu.top}]`,
+        );
+      }
       rows.push({
         figure: "HTTP durable telemetry",
         value: `${fmt(h.requestsPerSec)} req/s`,

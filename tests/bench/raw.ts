@@ -5,7 +5,16 @@
  * each twin commit checks its head) with 2 commits in flight, as the runtime's batcher does.
  * @module
  */
-import { deviceIds, fmt, removeDir, tempDir, twinAfterTelemetry, twinHeadEntry } from "./common.ts";
+import {
+  cpuShare,
+  deviceIds,
+  fmt,
+  removeDir,
+  tempDir,
+  threadCpu,
+  twinAfterTelemetry,
+  twinHeadEntry,
+} from "./common.ts";
 
 /** One raw measurement. */
 export interface RawResult {
@@ -23,6 +32,8 @@ export interface RawResult {
   commits: number;
   /** Mean milliseconds per commit. */
   meanCommitMs: number;
+  /** CPU busy %: the main (JavaScript) thread, other threads, and the busiest threads. */
+  cpu: { main: number; others: number; top: string } | null;
 }
 
 /** Settings for {@link rawKvCeiling}. */
@@ -58,7 +69,7 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
       if (!result.ok) throw new Error("Seeding the raw KV failed.");
       stamps.fill(result.versionstamp, i, Math.min(i + 1000, twins));
     }
-    const runs: Array<Omit<RawResult, "entriesPerSec" | "commits" | "meanCommitMs">> = [
+    const runs: Array<Pick<RawResult, "label" | "perAtomic" | "inFlight" | "checked">> = [
       { label: "1000 sets/atomic, 1 in flight", perAtomic: 1000, inFlight: 1, checked: false },
       { label: "1000 sets/atomic, 2 in flight", perAtomic: 1000, inFlight: 2, checked: false },
       { label: "100 check+set/atomic, 2 in flight", perAtomic: 100, inFlight: 2, checked: true },
@@ -68,7 +79,12 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
       const result = { ...run, ...(await measure(kv, entries, stamps, run, seconds)) };
       log(
         `  ${run.label.padEnd(36)} ${fmt(result.entriesPerSec).padStart(9)} entries/s ` +
-          `(${fmt(result.commits)} commits, ${result.meanCommitMs.toFixed(2)} ms each)`,
+          `(${fmt(result.commits)} commits, ${result.meanCommitMs.toFixed(2)} ms each` +
+          (result.cpu
+            ? `; CPU main thread ${result.cpu.main.toFixed(0)}%, others ${
+              result.cpu.others.toFixed(0)
+            }% [${result.cpu.top}])`
+            : ")"),
       );
       results.push(result);
     }
@@ -85,7 +101,7 @@ async function measure(
   stamps: string[],
   run: { perAtomic: number; inFlight: number; checked: boolean },
   seconds: number,
-): Promise<{ entriesPerSec: number; commits: number; meanCommitMs: number }> {
+): Promise<Pick<RawResult, "entriesPerSec" | "commits" | "meanCommitMs" | "cpu">> {
   // Chunks of `perAtomic` consecutive twins, taken round robin: the atomics in flight never
   // touch the same twin, so no check fails.
   const chunks = Math.floor(entries.length / run.perAtomic);
@@ -93,6 +109,7 @@ async function measure(
   let written = 0;
   let commits = 0;
   let commitMs = 0;
+  const cpuBefore = threadCpu();
   const started = performance.now();
   const deadline = started + seconds * 1000;
   const lane = async (): Promise<void> => {
@@ -114,5 +131,10 @@ async function measure(
   };
   await Promise.all(Array.from({ length: run.inFlight }, lane));
   const elapsed = (performance.now() - started) / 1000;
-  return { entriesPerSec: written / elapsed, commits, meanCommitMs: commitMs / commits };
+  return {
+    entriesPerSec: written / elapsed,
+    commits,
+    meanCommitMs: commitMs / commits,
+    cpu: cpuShare(cpuBefore, threadCpu(), elapsed),
+  };
 }

@@ -10,12 +10,14 @@ import { silentLogger } from "../../src/log.ts";
 import {
   BENCH_SECRET,
   benchKinds,
+  cpuShare,
   deviceIds,
   fmt,
   removeDir,
   seedDevices,
   sleep,
   tempDir,
+  threadCpu,
 } from "./common.ts";
 
 /** What the in-process run measured. */
@@ -42,6 +44,10 @@ export interface RuntimeResult {
   messagesPerTurn: number;
   /** Twins activated at the end. */
   activations: number;
+  /** Commits allowed in flight. */
+  maxInFlight: number;
+  /** CPU busy % in the window: the main (JavaScript) thread, other threads, the busiest ones. */
+  cpu: { main: number; others: number; top: string } | null;
 }
 
 /** Settings for {@link runtimeThroughput}. */
@@ -54,6 +60,8 @@ export interface RuntimeOptions {
   warmupSeconds?: number;
   /** Measured seconds (default 5). */
   seconds?: number;
+  /** Commits in flight for the runtime's batcher (default: the runtime's own default, 2). */
+  maxInFlight?: number;
   /** Prints progress. */
   log?(line: string): void;
 }
@@ -74,6 +82,7 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     secret: BENCH_SECRET,
     adminToken: "bench-admin-token-0123456789",
     logger: silentLogger,
+    runtime: options.maxInFlight ? { batcher: { maxInFlight: options.maxInFlight } } : {},
   });
   try {
     const ids = deviceIds("rt", count);
@@ -105,10 +114,12 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     const callers = Array.from({ length: concurrency }, caller);
     await sleep(warmup * 1000);
     const before = { ...runtime.stats, completed, sent: next };
+    const cpuBefore = threadCpu();
     const t0 = performance.now();
     await sleep(seconds * 1000);
     const after = { ...runtime.stats, completed, sent: next };
     const elapsed = (performance.now() - t0) / 1000;
+    const cpu = cpuShare(cpuBefore, threadCpu(), elapsed);
     stop = true;
     await Promise.all(callers);
     if (firstError) log(`  first error: ${firstError}`);
@@ -128,6 +139,8 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
       meanCommitMs: batches ? (after.commitMs - before.commitMs) / batches : 0,
       messagesPerTurn: turns ? messages / turns : 0,
       activations: runtime.activations,
+      maxInFlight: options.maxInFlight ?? 2,
+      cpu,
     };
   } finally {
     await doppel.close();

@@ -1,0 +1,346 @@
+/**
+ * The embedded MQTT endpoint (aedes): devices connect with username = device id and password =
+ * key; the connect hook checks the registry, the publish and subscribe hooks enforce the topic
+ * ACL, and QoS 1 messages are acknowledged only once the twin commit is durable (aedes sends the
+ * PUBACK after `authorizePublish` calls back). Commands and desired changes go down at QoS 1 and
+ * count as handed over on the device's PUBACK.
+ *
+ * This module opens no sockets: `handle(stream)` serves one connection, from a TCP listener or a
+ * WebSocket (`/mqtt`).
+ * @module
+ */
+import { Aedes, type AuthenticateError, type Client, type Connection } from "aedes";
+import { Buffer } from "node:buffer";
+import type { CommandRecord } from "../commands/model.ts";
+import { DoppelError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { DeviceRecord, Registry } from "../registry/devices.ts";
+import type { TwinRuntime } from "../twin/runtime.ts";
+import { actFor } from "../web/auth.ts";
+import { isObject } from "../twin/json.ts";
+import type { DesiredUpdate } from "../twin/presence.ts";
+import { downTopic, filterDevice, parseUplinkTopic, topicMatches } from "./mqtt_topics.ts";
+import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
+import { applyUplink, parseBody } from "./uplink.ts";
+
+/** How long a push waits for the device's PUBACK before it counts as not handed over (ms). */
+const ACK_TIMEOUT_MS = 30_000;
+
+/** What the endpoint needs. */
+export interface MqttDeps {
+  /** Twin actors. */
+  runtime: TwinRuntime;
+  /** Devices. */
+  registry: Registry;
+  /** Session bookkeeping. */
+  sessions: SessionHub;
+  /** The store. */
+  kv: Deno.Kv;
+  /** Log lines. */
+  logger: Logger;
+}
+
+/** A running embedded broker. */
+export interface MqttEndpoint {
+  /** Serves one client connection (a TCP socket or a WebSocket stream). */
+  handle(stream: Connection): void;
+  /** Connected MQTT clients. */
+  readonly connected: number;
+  /** Disconnects everyone and stops. */
+  close(): Promise<void>;
+}
+
+interface Conn {
+  device: DeviceRecord;
+  session?: DeviceSession;
+  opening?: Promise<void>;
+  reason?: string;
+}
+
+/** Creates the embedded broker. */
+export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> {
+  const { logger } = deps;
+  const broker = await Aedes.createBroker({ heartbeatInterval: 60_000 });
+  const conns = new Map<Client, Conn>();
+  // Pushes waiting for their PUBACK, by client and topic (and desired version).
+  const waiting = new Map<string, (ok: boolean) => void>();
+  const log = (level: "info" | "warn" | "error", message: string, fields = {}) =>
+    logger.log(level, "mqtt", message, fields);
+
+  broker.authenticate = (client, username, password, done) => {
+    const refuse = (code: number, message: string) => {
+      log("warn", `Connection refused: ${message}`, { clientId: client.id, deviceId: username });
+      const error = new Error(message) as AuthenticateError;
+      error.returnCode = code;
+      done(error, null);
+    };
+    if (!username || !password) {
+      return refuse(4, "username (device id) and password (key) are required");
+    }
+    deps.registry.authenticate(username, password.toString()).then((device) => {
+      // The client id is the device id, so no device can take over another's session.
+      if (client.id !== device.id) {
+        return refuse(2, `client id ${JSON.stringify(client.id)} must equal the device id`);
+      }
+      conns.set(client, { device });
+      done(null, true);
+    }, (error) => {
+      if (error instanceof DoppelError && error.code === "forbidden") refuse(5, error.message);
+      else if (error instanceof DoppelError) refuse(4, error.message);
+      else {
+        log("error", `Authentication failed: ${error}`, { deviceId: username });
+        refuse(3, "server unavailable");
+      }
+    });
+  };
+
+  broker.authorizeSubscribe = (client, subscription, done) => {
+    const conn = conns.get(client);
+    const owner = filterDevice(subscription.topic);
+    allowed(conn, owner).then((ok) => {
+      if (ok) return done(null, subscription);
+      log("warn", `Subscription to ${subscription.topic} refused.`, { deviceId: conn?.device.id });
+      done(null, null);
+    }, (error) => done(error as Error));
+  };
+
+  broker.authorizePublish = (client, packet, done) => {
+    const conn = client ? conns.get(client) : undefined;
+    if (!client || !conn) return done(null); // The broker's own publishes.
+    const topic = parseUplinkTopic(packet.topic);
+    const device = conn.device;
+    if (!topic) {
+      log("warn", `Publish to unknown topic ${packet.topic} refused; disconnecting.`, {
+        deviceId: device.id,
+      });
+      return done(new Error(`unknown topic ${packet.topic}`));
+    }
+    handlePublish(conn, topic, packet.payload as Buffer).then(() => done(null), (error) => {
+      if (error instanceof DoppelError) {
+        if (error.code === "forbidden" || error.code === "unauthorized") {
+          log("warn", `Publish to ${packet.topic} refused: ${error.message}`, {
+            deviceId: device.id,
+          });
+          return done(error); // Not its topic: the connection ends, nothing was written.
+        }
+        // Refused input: acknowledged (it will never be accepted), nothing written, reason sent.
+        log("warn", `Message on ${packet.topic} refused: ${error.message}`, {
+          deviceId: device.id,
+          code: error.code,
+        });
+        publish(downTopic.errors(topic.deviceId), { topic: packet.topic, ...error.toJSON() }, 0);
+        return done(null);
+      }
+      // Storage failed: no PUBACK, so the device sends it again.
+      log("error", `Message on ${packet.topic} failed: ${error}`, { deviceId: device.id });
+      done(error as Error);
+    });
+  };
+
+  // Device → cloud messages are for the twin, not for other subscribers.
+  broker.authorizeForward = (_client, packet) => parseUplinkTopic(packet.topic) ? null : packet;
+
+  broker.on("clientReady", (client) => {
+    const conn = conns.get(client);
+    if (!conn) return;
+    conn.opening = deps.sessions.open(conn.device, downlink(client, conn)).then((session) => {
+      conn.session = session;
+    }).catch((error) => {
+      log("error", `Opening the session failed: ${error}`, { deviceId: conn.device.id });
+      client.close();
+    });
+  });
+
+  broker.on("subscribe", (subscriptions, client) => {
+    const conn = conns.get(client);
+    if (!conn) return;
+    const devices = new Set(
+      subscriptions.filter((s) => (s.qos as number) !== 128).map((s) => filterDevice(s.topic)),
+    );
+    conn.opening?.then(async () => {
+      for (const id of devices) {
+        if (!id || !conn.session) continue;
+        if (!conn.session.serves(id)) {
+          await conn.session.attach(await actFor(deps.registry, conn.device, id));
+        }
+        await conn.session.flush(id);
+      }
+    }).catch((error) =>
+      log("warn", `Flush after subscribe failed: ${error}`, { deviceId: conn.device.id })
+    );
+  });
+
+  broker.on("keepaliveTimeout", (client) => {
+    const conn = conns.get(client);
+    if (conn) conn.reason = "keepalive";
+  });
+  broker.on("clientError", (client, error) => {
+    const conn = conns.get(client);
+    if (conn) conn.reason ??= "error";
+    log("warn", `Client error: ${error.message}`, { deviceId: conn?.device.id });
+  });
+
+  broker.on("clientDisconnect", (client) => {
+    const conn = conns.get(client);
+    if (!conn) return;
+    conns.delete(client);
+    for (const [key, settle] of waiting) {
+      if (key.startsWith(`${client.id}|`)) settle(false);
+    }
+    conn.opening?.then(() => conn.session?.close(conn.reason ?? "disconnect"))
+      .catch((error) => log("warn", `Close failed: ${error}`, { deviceId: conn.device.id }));
+  });
+
+  broker.on("ack", (packet, client) => {
+    // aedes emits `ack` with no packet when the PUBACK matched nothing it had sent.
+    if (!packet || !("topic" in packet) || !client) return;
+    waiting.get(ackKey(client.id, packet.topic, packet.payload as Buffer))?.(true);
+  });
+
+  function ackKey(clientId: string, topic: string, payload?: Buffer | string): string {
+    if (topic.endsWith("/twin/desired") && payload) {
+      try {
+        return `${clientId}|${topic}|${JSON.parse(payload.toString()).version}`;
+      } catch {
+        return `${clientId}|${topic}`;
+      }
+    }
+    return `${clientId}|${topic}`;
+  }
+
+  function publish(topic: string, body: unknown, qos: 0 | 1): Promise<void> {
+    return new Promise((resolve, reject) =>
+      broker.publish({
+        cmd: "publish",
+        topic,
+        payload: Buffer.from(JSON.stringify(body)),
+        qos,
+        retain: false,
+        dup: false,
+      }, (error) => (error ? reject(error) : resolve()))
+    );
+  }
+
+  function downlink(client: Client, conn: Conn): Downlink {
+    const subscriptionQos = (topic: string): number | undefined => {
+      let best: number | undefined;
+      // aedes keeps a client's granted subscriptions here; its types do not declare it.
+      const subs = (client as unknown as { subscriptions?: Record<string, { qos: number }> })
+        .subscriptions ?? {};
+      for (const [filter, sub] of Object.entries(subs)) {
+        const qos = sub.qos;
+        if (qos !== 128 && topicMatches(filter, topic)) best = Math.max(best ?? 0, qos);
+      }
+      return best;
+    };
+    const push = (topic: string, body: Record<string, unknown>): Promise<boolean> => {
+      const qos = subscriptionQos(topic);
+      if (qos === undefined || client.closed) return Promise.resolve(false);
+      if (qos === 0) return publish(topic, body, 0).then(() => true); // Nothing to wait for.
+      const key = ackKey(client.id, topic, JSON.stringify(body));
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => settle(false), ACK_TIMEOUT_MS);
+        const settle = (ok: boolean) => {
+          clearTimeout(timer);
+          waiting.delete(key);
+          resolve(ok);
+        };
+        waiting.set(key, settle);
+        publish(topic, body, 1).catch(() => settle(false));
+      });
+    };
+    return {
+      transport: "mqtt",
+      ready: (deviceId, what) =>
+        subscriptionQos(
+          what === "desired" ? downTopic.desired(deviceId) : downTopic.command(deviceId, "x"),
+        ) !== undefined,
+      pushDesired: (deviceId: string, update: DesiredUpdate) =>
+        push(downTopic.desired(deviceId), { ...update }),
+      pushCommand: (deviceId: string, command: CommandRecord) =>
+        push(downTopic.command(deviceId, command.id), {
+          name: command.name,
+          payload: command.payload,
+          expiresAt: command.expiresAt,
+        }),
+      kick: (reason) => {
+        conn.reason = reason;
+        client.close();
+      },
+    };
+  }
+
+  /** Whether a connection may use topics of `deviceId` (its own, or a child's). */
+  async function allowed(conn: Conn | undefined, deviceId: string | null): Promise<boolean> {
+    if (!conn || !deviceId) return false;
+    if (deviceId === conn.device.id) return true;
+    try {
+      await actFor(deps.registry, conn.device, deviceId);
+      return true;
+    } catch (error) {
+      if (error instanceof DoppelError) return false;
+      throw error;
+    }
+  }
+
+  async function handlePublish(
+    conn: Conn,
+    topic: NonNullable<ReturnType<typeof parseUplinkTopic>>,
+    payload: Buffer,
+  ): Promise<void> {
+    const device = conn.device;
+    const target = topic.deviceId === device.id
+      ? device
+      : await actFor(deps.registry, device, topic.deviceId);
+    await conn.opening;
+    const session = conn.session;
+    if (topic.op === "presence") {
+      if (target.id === device.id) {
+        throw new DoppelError("bad_request", "presence is for a gateway's children.");
+      }
+      const body = parseBody(payload, "The presence message");
+      const status = isObject(body) ? body.status : undefined;
+      if (status === "online") await session?.attach(target);
+      else if (status === "offline") await session?.detach(target.id, "gateway reported");
+      else {
+        throw new DoppelError(
+          "validation_failed",
+          'A presence message is {"status": "online" | "offline"}.',
+          {
+            fields: [{ field: "status", message: 'must be "online" or "offline"' }],
+          },
+        );
+      }
+      return;
+    }
+    if (target.id !== device.id && session && !session.serves(target.id)) {
+      await session.attach(target);
+    }
+    const body = parseBody(payload, `The message on ${topic.op}`);
+    if (topic.op === "telemetry" && body === undefined) {
+      throw new DoppelError("invalid_json", "A telemetry message needs a JSON body.");
+    }
+    const result = await applyUplink(deps, target.id, topic.op, body, "mqtt", topic.commandId);
+    if (topic.op === "twin.get") {
+      const rid = isObject(body) ? body.rid : undefined;
+      await publish(downTopic.twin(target.id), {
+        ...(result as Record<string, unknown>),
+        ...(rid === undefined ? {} : { rid }),
+      }, 0);
+    }
+  }
+
+  return {
+    handle: (stream) => {
+      broker.handle(stream);
+    },
+    get connected() {
+      return broker.connectedClients;
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const client of conns.keys()) client.close();
+        broker.close(() => resolve());
+      }),
+  };
+}
