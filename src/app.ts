@@ -9,7 +9,7 @@ import { DoppelError } from "./errors.ts";
 import { EventBus } from "./events/bus.ts";
 import type { Logger } from "./log.ts";
 import { AdminAuth } from "./registry/admin.ts";
-import { Registry } from "./registry/devices.ts";
+import { Registry, type RegistryEvent } from "./registry/devices.ts";
 import { KeyVault } from "./registry/secrets.ts";
 import type { TwinKind } from "./twin/kind.ts";
 import { createMqttEndpoint, type MqttEndpoint } from "./transports/mqtt_embedded.ts";
@@ -60,6 +60,8 @@ export interface Doppel {
   sessions: SessionHub;
   /** The embedded MQTT endpoint, when enabled: pass TCP connections to `mqtt.handle`. */
   mqtt?: MqttEndpoint;
+  /** Adds a follower of registry changes (such as the broker bridge's credential sync). */
+  observe(observer: (event: RegistryEvent) => void): void;
   /** The operator token, only when it was generated just now (print it once). */
   createdAdminToken?: string;
   /** Starts background loops (timers, idle collection). */
@@ -72,6 +74,8 @@ export interface Doppel {
 export async function createApp(deps: AppDeps): Promise<Doppel> {
   const { kv, clock, logger } = deps;
   const bus = new EventBus();
+  // Registry followers added after construction (the broker bridge's credential sync).
+  const observers: Array<(event: RegistryEvent) => void> = [];
   const shutdown = new AbortController();
   const runtime = new TwinRuntime({
     kv,
@@ -86,12 +90,14 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     clock,
     vault: await KeyVault.fromSecret(deps.secret),
     kinds: new Set(deps.kinds.keys()),
-    onChange: (id, change) => {
-      if (change === "deleted") runtime.evict(id);
+    onChange: (event) => {
+      const id = event.device.id;
+      if (event.type === "deleted") runtime.evict(id);
       // A disabled or deleted device is refused at once: its open sessions end.
       sessions.deviceChanged(id).catch((error) =>
         logger.log("error", "sessions", `Ending sessions of ${id} failed: ${error}`)
       );
+      for (const observer of observers) observer(event);
     },
   });
   const sessions: SessionHub = new SessionHub({
@@ -161,6 +167,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     createdAdminToken: created,
     sessions,
     mqtt,
+    observe: (observer) => observers.push(observer),
     start: () => {
       runtime.start();
       sessions.start();

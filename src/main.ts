@@ -10,6 +10,7 @@
  */
 import { createServer, type Server } from "node:net";
 import { createApp } from "./app.ts";
+import { type MqttBridge, startBridge } from "./transports/mqtt_bridge.ts";
 import { systemClock } from "./clock.ts";
 import { isLogLevel, jsonLogger } from "./log.ts";
 import { randomSecret } from "./registry/secrets.ts";
@@ -144,12 +145,33 @@ async function main(): Promise<void> {
       },
     );
   }
+  let bridge: MqttBridge | undefined;
+  if (config.mqttUrl) {
+    bridge = startBridge({
+      runtime: doppel.runtime,
+      registry: doppel.registry,
+      sessions: doppel.sessions,
+      kv,
+      logger,
+    }, {
+      url: config.mqttUrl,
+      clientId: Deno.env.get("MQTT_BRIDGE_ID") ?? "doppel-bridge",
+      group: Deno.env.get("MQTT_BRIDGE_GROUP") ?? "doppel",
+      connections: Number(Deno.env.get("MQTT_BRIDGE_CONNECTIONS") ?? 4),
+      dynsec: Deno.env.get("MQTT_DYNSEC") === "1",
+    });
+    doppel.observe((event) => bridge!.onRegistry(event));
+    logger.log("info", "main", "Bridging to an external MQTT broker.", {
+      broker: new URL(config.mqttUrl).host,
+    });
+  }
   const shutdown = async () => {
     if (stopping) return;
     stopping = true;
     logger.log("info", "main", "Shutting down.");
     stop.abort();
     mqttServer?.close();
+    await bridge?.close();
     await doppel.close();
     await server.finished;
     kv.close();

@@ -88,6 +88,13 @@ export interface ListQuery {
   cursor?: string;
 }
 
+/** A committed registry change. Keys appear only where a new one was issued. */
+export type RegistryEvent =
+  | { type: "registered"; device: DeviceRecord; key: string }
+  | { type: "updated"; device: DeviceRecord }
+  | { type: "key_rotated"; device: DeviceRecord; key: string }
+  | { type: "deleted"; device: DeviceRecord };
+
 /** What the registry needs. */
 export interface RegistryOptions {
   /** The store. */
@@ -98,8 +105,8 @@ export interface RegistryOptions {
   vault: KeyVault;
   /** Names of the loaded kinds. */
   kinds: ReadonlySet<string>;
-  /** Called after a device is deleted or changed, so in-memory state can follow. */
-  onChange?(id: string, change: "deleted" | "updated"): void;
+  /** Told after every committed change, so sessions and an external broker can follow. */
+  onChange?(event: RegistryEvent): void;
 }
 
 /** Registers, finds, changes, deletes and authenticates devices. */
@@ -184,7 +191,20 @@ export class Registry {
     if (!result.ok) {
       throw new DoppelError("conflict", `Device ${id} already exists.`);
     }
+    this.#onChange?.({ type: "registered", device, key });
     return { device: toPublic(device), key };
+  }
+
+  /** Every stored device, in id order (for reconciling an external broker). */
+  async *all(): AsyncIterable<DeviceRecord> {
+    for await (const entry of this.#kv.list<DeviceRecord>({ prefix: keys.devices() })) {
+      yield entry.value;
+    }
+  }
+
+  /** A device's valid keys in plain text, newest first (for an external broker's credentials). */
+  async plainKeys(device: DeviceRecord): Promise<string[]> {
+    return await Promise.all(device.keys.map((key) => this.#vault.open(key.sealed)));
   }
 
   /** The stored device, or `null`. */
@@ -275,7 +295,7 @@ export class Registry {
         if (device.tags[tag] !== value) atomic.set(keys.devicesByTag(tag, value, id), null);
       }
       if ((await atomic.commit()).ok) {
-        this.#onChange?.(id, "updated");
+        this.#onChange?.({ type: "updated", device: next });
         return this.describe(id);
       }
     }
@@ -295,7 +315,7 @@ export class Registry {
         updatedAt: at,
       };
       if ((await this.#kv.atomic().check(entry).set(keys.device(id), next).commit()).ok) {
-        this.#onChange?.(id, "updated");
+        this.#onChange?.({ type: "key_rotated", device: next, key });
         return { device: toPublic(next), key };
       }
     }
@@ -327,7 +347,7 @@ export class Registry {
     if (!(await atomic.commit()).ok) {
       throw new DoppelError("conflict", `Device ${id} changed while being deleted; try again.`);
     }
-    this.#onChange?.(id, "deleted");
+    this.#onChange?.({ type: "deleted", device });
     for (const prefix of devicePrefixes(id)) await deletePrefix(this.#kv, prefix);
   }
 

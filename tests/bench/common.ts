@@ -148,7 +148,7 @@ export interface ThreadCpu {
   main: number;
   /** Every other thread (KV's SQLite writer, Tokio workers, V8 helpers). */
   others: number;
-  /** Seconds by thread name, main thread included. */
+  /** Seconds by thread name, the main thread as `main`. */
   byName: Record<string, number>;
 }
 
@@ -171,7 +171,8 @@ export function threadCpu(pid: number = Deno.pid): ThreadCpu | null {
       const seconds = (Number(fields[11]) + Number(fields[12])) / ticks;
       if (Number(task.name) === pid) out.main += seconds;
       else out.others += seconds;
-      out.byName[name] = (out.byName[name] ?? 0) + seconds;
+      const label = Number(task.name) === pid ? "main" : name;
+      out.byName[label] = (out.byName[label] ?? 0) + seconds;
     }
   } catch {
     return null;
@@ -187,6 +188,7 @@ export function cpuShare(
 ): { main: number; others: number; top: string } | null {
   if (!before || !after) return null;
   const busiest = Object.entries(after.byName)
+    .filter(([name]) => name !== "main")
     .map(([name, s]) => [name, s - (before.byName[name] ?? 0)] as const)
     .sort((a, b) => b[1] - a[1])
     .slice(0, 3)
@@ -197,4 +199,29 @@ export function cpuShare(
     others: (after.others - before.others) / seconds * 100,
     top: busiest,
   };
+}
+
+/** CPU seconds of this process's finished, waited-for children (from /proc/self/stat). */
+export function childrenCpuSeconds(): number | null {
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 16 and 17 of stat (cutime, cstime) are 13 and 14 after the name.
+    return (Number(fields[13]) + Number(fields[14])) / 100;
+  } catch {
+    return null;
+  }
+}
+
+/** Busy and total CPU time of the whole machine, in clock ticks (from /proc/stat). */
+export function machineCpu(): { busy: number; total: number } | null {
+  try {
+    const line = Deno.readTextFileSync("/proc/stat").split("\n")[0];
+    const ticks = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = ticks.reduce((a, b) => a + b, 0);
+    const idle = ticks[3] + (ticks[4] ?? 0); // idle + iowait
+    return { busy: total - idle, total };
+  } catch {
+    return null;
+  }
 }

@@ -6,8 +6,10 @@
  */
 import {
   BENCH_SECRET,
+  childrenCpuSeconds,
   cpuShare,
   fmt,
+  machineCpu,
   removeDir,
   ROOT,
   sleep,
@@ -38,6 +40,10 @@ export type HttpResult =
     serverRssMb?: number;
     /** Server CPU busy % during wrk: main (JavaScript) thread, other threads, busiest threads. */
     serverCpu: { main: number; others: number; top: string } | null;
+    /** CPU % wrk itself used (of one core), if readable. */
+    wrkCpu: number | null;
+    /** Busy % of all the machine's cores during wrk, if readable. */
+    machineBusy: number | null;
   };
 
 /** Settings for {@link httpThroughput}. */
@@ -115,13 +121,20 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
     ];
     log(`  wrk ${args.join(" ")}`);
     const cpuBefore = threadCpu(server.pid);
+    const childrenBefore = childrenCpuSeconds();
+    const machineBefore = machineCpu();
     const wrkStarted = performance.now();
     const run = await new Deno.Command(wrk, { args, stdout: "piped", stderr: "piped" }).output();
-    const serverCpu = cpuShare(
-      cpuBefore,
-      threadCpu(server.pid),
-      (performance.now() - wrkStarted) / 1000,
-    );
+    const wrkSeconds = (performance.now() - wrkStarted) / 1000;
+    const serverCpu = cpuShare(cpuBefore, threadCpu(server.pid), wrkSeconds);
+    const childrenAfter = childrenCpuSeconds();
+    const wrkCpu = childrenBefore === null || childrenAfter === null
+      ? null
+      : (childrenAfter - childrenBefore) / wrkSeconds * 100;
+    const machineAfter = machineCpu();
+    const machineBusy = machineBefore === null || machineAfter === null
+      ? null
+      : (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) * 100;
     const out = new TextDecoder().decode(run.stdout);
     if (!run.success) {
       throw new Error(`wrk failed: ${new TextDecoder().decode(run.stderr)}\n${out}`);
@@ -142,6 +155,8 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
       latency: latency ? `avg ${latency[1]}, stdev ${latency[2]}, max ${latency[3]}` : "?",
       serverRssMb: await peakRssMb(server.pid),
       serverCpu,
+      wrkCpu,
+      machineBusy,
     };
   } finally {
     try {

@@ -1,6 +1,7 @@
 /**
  * Part 4: memory with 100,000 twins activated, measured in a child process (`memory_child.ts`)
- * so the figure is not mixed with the rest of the bench.
+ * so the figure is not mixed with the rest of the bench. The child seeds the devices and twins
+ * itself (mode `both`), then activates them all.
  * @module
  */
 import { removeDir, ROOT, tempDir } from "./common.ts";
@@ -27,6 +28,7 @@ export async function activatedMemory(options: MemoryOptions = {}): Promise<Memo
         "--allow-all",
         "--v8-flags=--expose-gc",
         child,
+        "both",
         `${dir}/memory.kv`,
         String(options.twins ?? 100_000),
         String(options.concurrency ?? 1_000),

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates Mosquitto's dynamic-security file with the admin user Doppel's bridge connects as.
+# Usage: deploy/mosquitto/setup.sh <admin-password> [dynsec-file]
+set -euo pipefail
+password=${1:?usage: setup.sh <admin-password> [dynsec-file]}
+file=${2:-/var/lib/mosquitto/dynamic-security.json}
+mosquitto_ctrl dynsec init "$file" doppel-admin "$password"
+# Mosquitto started as root switches to user mosquitto, which must read the file.
+if id mosquitto >/dev/null 2>&1; then chown mosquitto: "$file"; fi
+chmod 600 "$file"
+echo "Now start Doppel with MQTT_URL=mqtt://doppel-admin:<password>@<host>:1883 MQTT_DYNSEC=1"

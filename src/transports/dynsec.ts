@@ -1,0 +1,177 @@
+/**
+ * Keeps Mosquitto's dynamic-security plugin in step with the registry when Doppel bridges to an
+ * external broker: every device is a broker client (username and client id = device id, password =
+ * its current key) with a role allowing only its own `devices/{id}/#`; a gateway also holds its
+ * children's roles. Commands go to `$CONTROL/dynamic-security/v1`; each waits for its response.
+ *
+ * Mosquitto keeps one password per client, so after a key rotation only the newest key works at
+ * the broker (the HTTP and embedded endpoints accept the previous one until the next rotation).
+ * @module
+ */
+import type { MqttClient } from "mqtt";
+import type { Logger } from "../log.ts";
+import type { DeviceRecord, Registry, RegistryEvent } from "../registry/devices.ts";
+
+const CONTROL = "$CONTROL/dynamic-security/v1";
+const RESPONSE = `${CONTROL}/response`;
+/** How long one dynsec command may take (ms). */
+const COMMAND_TIMEOUT_MS = 10_000;
+
+type Command = Record<string, unknown> & { command: string };
+
+/** One response on `$CONTROL/dynamic-security/v1/response`. */
+interface DynsecResponse {
+  correlationData?: string;
+  error?: string;
+  data?: unknown;
+}
+
+/** The role that lets one device use its own topics. */
+export function deviceRole(id: string): string {
+  return `doppel-device-${id}`;
+}
+
+/** Sends dynamic-security commands over a connected MQTT client with admin rights. */
+export class DynsecSync {
+  #client: MqttClient;
+  #registry: Registry;
+  #logger: Logger;
+  #pending = new Map<string, (response: DynsecResponse) => void>();
+  #seq = 0;
+  #subscribed: Promise<unknown> | undefined;
+
+  /** Uses `client` (connected as a dynsec admin). */
+  constructor(client: MqttClient, registry: Registry, logger: Logger) {
+    this.#client = client;
+    this.#registry = registry;
+    this.#logger = logger;
+    client.on("message", (topic, payload) => {
+      if (topic !== RESPONSE) return;
+      try {
+        const body = JSON.parse(payload.toString()) as { responses?: DynsecResponse[] };
+        for (const response of body.responses ?? []) {
+          const id = response.correlationData;
+          if (id) this.#pending.get(id)?.(response);
+        }
+      } catch (error) {
+        this.#logger.log("warn", "dynsec", `Unreadable dynsec response: ${error}`);
+      }
+    });
+  }
+
+  /** Gives the bridge's own user the right to publish to device topics. */
+  async grantBridge(username: string): Promise<void> {
+    await this.#run([{
+      command: "createRole",
+      rolename: "doppel-bridge",
+      acls: [
+        { acltype: "publishClientSend", topic: "devices/#", allow: true },
+        { acltype: "subscribePattern", topic: "devices/#", allow: true },
+        { acltype: "publishClientReceive", topic: "devices/#", allow: true },
+      ],
+    }], ["Role already exists"]);
+    await this.#addRole(username, "doppel-bridge");
+  }
+
+  /**
+   * Adds a role to a client unless it has it (Mosquitto 2.0 answers a repeated addClientRole with
+   * "Internal error", and kicks a client whose roles change).
+   */
+  async #addRole(username: string, rolename: string): Promise<void> {
+    const [found] = await this.#run([{ command: "getClient", username }]);
+    const roles = (found.data as { client?: { roles?: Array<{ rolename: string }> } } | undefined)
+      ?.client?.roles ?? [];
+    if (roles.some((role) => role.rolename === rolename)) return;
+    await this.#run([{ command: "addClientRole", username, rolename }]);
+  }
+
+  /** Follows one registry change. */
+  async apply(event: RegistryEvent): Promise<void> {
+    const device = event.device;
+    switch (event.type) {
+      case "registered":
+        await this.#ensure(device, event.key);
+        break;
+      case "key_rotated":
+        await this.#run([{
+          command: "setClientPassword",
+          username: device.id,
+          password: event.key,
+        }]);
+        break;
+      case "updated":
+        await this.#run([{
+          command: device.enabled ? "enableClient" : "disableClient",
+          username: device.id,
+        }]);
+        break;
+      case "deleted":
+        await this.#run([
+          { command: "deleteClient", username: device.id },
+          { command: "deleteRole", rolename: deviceRole(device.id) },
+        ], ["Client not found", "Role not found"]);
+        break;
+    }
+  }
+
+  /** Makes the broker agree with the registry for every device (on each bridge connect). */
+  async reconcile(): Promise<number> {
+    let count = 0;
+    for await (const device of this.#registry.all()) {
+      const [key] = await this.#registry.plainKeys(device);
+      await this.#ensure(device, key);
+      count++;
+    }
+    return count;
+  }
+
+  async #ensure(device: DeviceRecord, key: string): Promise<void> {
+    const id = device.id;
+    await this.#run([{
+      command: "createRole",
+      rolename: deviceRole(id),
+      acls: [
+        { acltype: "publishClientSend", topic: `devices/${id}/#`, allow: true },
+        { acltype: "subscribePattern", topic: `devices/${id}/#`, allow: true },
+        { acltype: "publishClientReceive", topic: `devices/${id}/#`, allow: true },
+      ],
+    }], ["Role already exists"]);
+    await this.#run([{
+      command: "createClient",
+      username: id,
+      password: key,
+      clientid: id,
+      roles: [{ rolename: deviceRole(id) }],
+    }], ["Client already exists"]);
+    await this.#run([
+      { command: "setClientPassword", username: id, password: key },
+      { command: device.enabled ? "enableClient" : "disableClient", username: id },
+    ]);
+    if (device.parent) await this.#addRole(device.parent, deviceRole(id));
+  }
+
+  /** Runs commands; an error response fails unless its text is one of `tolerated`. */
+  async #run(commands: Command[], tolerated: string[] = []): Promise<DynsecResponse[]> {
+    this.#subscribed ??= this.#client.subscribeAsync(RESPONSE, { qos: 1 });
+    await this.#subscribed;
+    const waits = commands.map((command) => {
+      const id = `doppel-${++this.#seq}`;
+      command.correlationData = id;
+      return new Promise<DynsecResponse>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.#pending.delete(id);
+          reject(new Error(`Dynsec command ${command.command} got no response.`));
+        }, COMMAND_TIMEOUT_MS);
+        this.#pending.set(id, (response) => {
+          clearTimeout(timer);
+          this.#pending.delete(id);
+          if (response.error && !tolerated.includes(response.error)) {
+            reject(new Error(`Dynsec command ${command.command} failed: ${response.error}`));
+          } else resolve(response);
+        });
+      });
+    });
+    await this.#client.publishAsync(CONTROL, JSON.stringify({ commands }), { qos: 1 });
+    return await Promise.all(waits);
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * Bridge mode (`MQTT_URL`): Doppel connects to an external broker (Mosquitto, EMQX) as a client and
+ * serves the device topics from there. Each bridge connection is a persistent session (clean =
+ * false) subscribed at QoS 1, through a shared subscription (`$share/<group>/…`) so several
+ * connections — of this process or of other instances — split the traffic. A message is
+ * acknowledged (PUBACK) only once it is durable; if storage fails the connection is dropped, so
+ * the broker sends the message again.
+ *
+ * Authentication and the topic ACL are the broker's job here; with `dynsec`, the registry keeps
+ * Mosquitto's dynamic-security clients and roles in step. The broker cannot tell Doppel when a
+ * device connects, so devices announce themselves: `devices/{id}/presence` `{"status":"online"}`
+ * on connect, with the same topic and `{"status":"offline"}` as their will. An online device gets
+ * its desired catch-up and queued commands; a command counts as `delivered` when the broker has
+ * acknowledged it (QoS 1), which with a persistent device session is the broker's promise to
+ * deliver it.
+ * @module
+ */
+import mqtt, { type IPublishPacket, type MqttClient } from "mqtt";
+import type { CommandRecord } from "../commands/model.ts";
+import { DoppelError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { DeviceRecord, Registry, RegistryEvent } from "../registry/devices.ts";
+import { isObject } from "../twin/json.ts";
+import type { DesiredUpdate } from "../twin/presence.ts";
+import type { TwinRuntime } from "../twin/runtime.ts";
+import { DynsecSync } from "./dynsec.ts";
+import { downTopic, parseUplinkTopic } from "./mqtt_topics.ts";
+import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
+import { applyUplink, parseBody } from "./uplink.ts";
+
+/** Bridge settings. */
+export interface BridgeOptions {
+  /** Broker URL, such as `mqtt://user:pass@broker:1883`. */
+  url: string;
+  /** Client id prefix; stable across restarts so the persistent sessions resume. */
+  clientId?: string;
+  /** Shared subscription group; `""` subscribes without sharing. */
+  group?: string;
+  /** Parallel bridge connections (each handles its messages one at a time). */
+  connections?: number;
+  /** Keep Mosquitto's dynamic-security plugin in step with the registry. */
+  dynsec?: boolean;
+}
+
+/** What the bridge needs. */
+export interface BridgeDeps {
+  /** Twin actors. */
+  runtime: TwinRuntime;
+  /** Devices. */
+  registry: Registry;
+  /** Session bookkeeping. */
+  sessions: SessionHub;
+  /** The store. */
+  kv: Deno.Kv;
+  /** Log lines. */
+  logger: Logger;
+}
+
+/** A running bridge. */
+export interface MqttBridge {
+  /** Whether at least one connection to the broker is up. */
+  readonly connected: boolean;
+  /** Resolves once every connection has connected (and dynsec, if on, is reconciled). */
+  ready: Promise<void>;
+  /** Follows registry changes (credential sync). */
+  onRegistry(event: RegistryEvent): void;
+  /** Disconnects. */
+  close(): Promise<void>;
+}
+
+const UPLINK_TOPICS = [
+  "devices/+/telemetry",
+  "devices/+/twin/reported",
+  "devices/+/twin/get",
+  "devices/+/presence",
+  "devices/+/commands/+/result",
+];
+
+/** Connects to the broker and starts serving device topics. */
+export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridge {
+  const { logger } = deps;
+  const group = options.group ?? "doppel";
+  const prefix = options.clientId ?? "doppel-bridge";
+  const count = Math.max(1, options.connections ?? 4);
+  const sessions = new Map<string, DeviceSession>();
+  const log = (level: "info" | "warn" | "error", message: string, fields = {}) =>
+    logger.log(level, "bridge", message, fields);
+
+  const clients: MqttClient[] = [];
+  for (let i = 0; i < count; i++) {
+    const client = mqtt.connect(options.url, {
+      clientId: `${prefix}-${i}`,
+      clean: false,
+      reconnectPeriod: 500,
+      connectTimeout: 5_000,
+      queueQoSZero: false,
+    });
+    // mqtt.js sends the PUBACK once this calls back, and handles a connection's messages one at
+    // a time: acknowledge only after the commit is durable.
+    client.handleMessage = (packet, done) => {
+      handle(packet).then(() => done(), (error) => {
+        log("error", `Message on ${packet.topic} failed; reconnecting so it comes again: ${error}`);
+        client.stream?.destroy();
+      });
+    };
+    client.on("connect", (connack) => {
+      log("info", `Bridge connection ${client.options.clientId} is up.`, {
+        sessionPresent: connack.sessionPresent,
+      });
+      const topics = UPLINK_TOPICS.map((t) => (group ? `$share/${group}/${t}` : t));
+      client.subscribeAsync(topics, { qos: 1 }).catch((error) =>
+        log("error", `Subscribing failed: ${error}`)
+      );
+    });
+    client.on("error", (error) => log("warn", `Bridge connection error: ${error.message}`));
+    clients.push(client);
+  }
+  const admin = clients[0];
+  const dynsec = options.dynsec ? new DynsecSync(admin, deps.registry, logger) : undefined;
+  if (dynsec) {
+    admin.on("connect", () => {
+      const user = new URL(options.url).username;
+      (async () => {
+        if (user) await dynsec.grantBridge(decodeURIComponent(user));
+        const n = await dynsec.reconcile();
+        log("info", `Broker credentials reconciled for ${n} devices.`);
+      })().catch((error) => log("error", `Dynsec reconcile failed: ${error}`));
+    });
+  }
+  const ready = Promise.all(
+    clients.map((client) =>
+      client.connected
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => client.once("connect", () => resolve()))
+    ),
+  ).then(() => {});
+
+  function publish(topic: string, body: unknown, qos: 0 | 1): Promise<boolean> {
+    const client = clients.find((c) => c.connected);
+    if (!client) return Promise.resolve(false);
+    return client.publishAsync(topic, JSON.stringify(body), { qos }).then(() => true, () => false);
+  }
+
+  const downlink: Downlink = {
+    transport: "bridge",
+    ready: () => clients.some((c) => c.connected),
+    pushDesired: (deviceId: string, update: DesiredUpdate) =>
+      publish(downTopic.desired(deviceId), update, 1),
+    pushCommand: (deviceId: string, command: CommandRecord) =>
+      publish(downTopic.command(deviceId, command.id), {
+        name: command.name,
+        payload: command.payload,
+        expiresAt: command.expiresAt,
+      }, 1),
+    kick: () => {}, // The broker owns the connection; dynsec disables the client.
+  };
+
+  async function handle(packet: IPublishPacket): Promise<void> {
+    const topic = parseUplinkTopic(packet.topic);
+    if (!topic) return; // Not ours (a subscription overlap): acknowledge and ignore.
+    const device = await deps.registry.get(topic.deviceId);
+    if (!device || !device.enabled) {
+      log(
+        "warn",
+        `Message on ${packet.topic} dropped: the device is ${device ? "disabled" : "unknown"}.`,
+      );
+      return;
+    }
+    try {
+      if (topic.op === "presence") return await presence(device, packet.payload as Uint8Array);
+      const body = parseBody(packet.payload as Uint8Array, `The message on ${topic.op}`);
+      const result = await applyUplink(deps, device.id, topic.op, body, "bridge", topic.commandId);
+      if (topic.op === "twin.get") {
+        const rid = isObject(body) ? body.rid : undefined;
+        await publish(downTopic.twin(device.id), {
+          ...(result as Record<string, unknown>),
+          ...(rid === undefined ? {} : { rid }),
+        }, 0);
+      }
+    } catch (error) {
+      if (!(error instanceof DoppelError)) throw error;
+      log("warn", `Message on ${packet.topic} refused: ${error.message}`, {
+        deviceId: device.id,
+        code: error.code,
+      });
+      await publish(downTopic.errors(device.id), { topic: packet.topic, ...error.toJSON() }, 0);
+    }
+  }
+
+  async function presence(device: DeviceRecord, payload: Uint8Array): Promise<void> {
+    const body = parseBody(payload, "The presence message");
+    const status = isObject(body) ? body.status : undefined;
+    const current = sessions.get(device.id);
+    if (status === "online") {
+      if (current) return;
+      sessions.set(device.id, await deps.sessions.open(device, downlink));
+    } else if (status === "offline") {
+      sessions.delete(device.id);
+      await current?.close("disconnect");
+    } else {
+      throw new DoppelError(
+        "validation_failed",
+        'A presence message is {"status": "online" | "offline"}.',
+        {
+          fields: [{ field: "status", message: 'must be "online" or "offline"' }],
+        },
+      );
+    }
+  }
+
+  return {
+    get connected() {
+      return clients.some((c) => c.connected);
+    },
+    ready,
+    onRegistry(event) {
+      if (event.type === "deleted" || (event.type === "updated" && !event.device.enabled)) {
+        const session = sessions.get(event.device.id);
+        sessions.delete(event.device.id);
+        session?.close(event.type === "deleted" ? "deleted" : "disabled").catch(() => {});
+      }
+      dynsec?.apply(event).catch((error) =>
+        log("error", `Broker credential sync for ${event.device.id} failed: ${error}`, {
+          deviceId: event.device.id,
+        })
+      );
+    },
+    async close() {
+      await Promise.all([...sessions.values()].map((s) => s.close("server shutdown")));
+      sessions.clear();
+      await Promise.all(clients.map((c) => c.endAsync()));
+    },
+  };
+}
