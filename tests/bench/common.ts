@@ -155,29 +155,35 @@ export interface ThreadCpu {
 /** CPU time of process `pid` (default this one) by thread, from /proc; `null` without /proc. */
 export function threadCpu(pid: number = Deno.pid): ThreadCpu | null {
   const ticks = 100; // USER_HZ, 100 on Linux.
-  const out: ThreadCpu = { main: 0, others: 0, byName: {} };
-  try {
-    for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+  // Threads come and go while the list is read: try again rather than give up.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const out: ThreadCpu = { main: 0, others: 0, byName: {} };
+    let tasks: string[];
+    try {
+      tasks = Array.from(Deno.readDirSync(`/proc/${pid}/task`), (entry) => entry.name);
+    } catch {
+      continue;
+    }
+    for (const task of tasks) {
       let stat: string;
       try {
-        stat = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/stat`);
+        stat = Deno.readTextFileSync(`/proc/${pid}/task/${task}/stat`);
       } catch {
         continue; // The thread ended.
       }
-      const open = stat.indexOf("("), close = stat.lastIndexOf(")");
-      const name = stat.slice(open + 1, close);
-      const fields = stat.slice(close + 2).split(" ");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
       const seconds = (Number(fields[11]) + Number(fields[12])) / ticks;
-      if (Number(task.name) === pid) out.main += seconds;
+      const main = Number(task) === pid;
+      if (main) out.main += seconds;
       else out.others += seconds;
-      const label = Number(task.name) === pid ? "main" : name;
+      const label = main ? "main" : name;
       out.byName[label] = (out.byName[label] ?? 0) + seconds;
     }
-  } catch {
-    return null;
+    return out;
   }
-  return out;
+  return null;
 }
 
 /** CPU used between two {@link threadCpu} readings, as percent of `seconds` of wall time. */
