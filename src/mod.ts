@@ -4,5 +4,8 @@
  */
 export { z } from "zod";
 export { defineTwin } from "./twin/kind.ts";
+export { anomaly, noData, rateOfChange, threshold } from "./rules/rules.ts";
+export type { Action, Rule } from "./rules/rules.ts";
+export type { Severity } from "./rules/alarms.ts";
 export type { CommandOptions, TwinContext, TwinDefinition, TwinKind } from "./twin/kind.ts";
 export type { Json, JsonObject } from "./twin/json.ts";

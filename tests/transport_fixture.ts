@@ -31,7 +31,7 @@ export interface Received {
 export async function until<T>(
   check: () => T | Promise<T>,
   what = "condition",
-  timeoutMs = 5_000,
+  timeoutMs = 3_000,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   while (true) {
@@ -99,12 +99,18 @@ export class WsDevice {
   readonly frames: Array<Record<string, unknown>> = [];
   /** The close event's code, once closed. */
   closeCode: number | undefined;
+  /** Push frame types (`desired`, `command`) answered with an `ack` frame as they arrive. */
+  autoAck: Set<string> = new Set(["desired"]);
   #closed: Promise<void>;
   #nextRid = 1;
 
   constructor(readonly socket: WebSocket) {
     socket.addEventListener("message", (event) => {
-      this.frames.push(JSON.parse(String(event.data)));
+      const frame = JSON.parse(String(event.data));
+      this.frames.push(frame);
+      if (this.autoAck.has(frame.type) && frame.mid !== undefined) {
+        this.send({ type: "ack", mid: frame.mid });
+      }
     });
     this.#closed = new Promise((resolve) =>
       socket.addEventListener("close", (event) => {
@@ -185,6 +191,8 @@ export interface TransportFixture {
   mqttReturnCode(options: IClientOptions): Promise<number>;
   /** Opens the WebSocket channel; resolves after the `hello` frame. */
   ws(creds: Creds): Promise<WsDevice>;
+  /** Sends a WebSocket upgrade request (with these credentials, if any); returns the status. */
+  wsUpgradeStatus(creds?: Creds): Promise<number>;
   /** Ends clients, the app, the listeners and the KV. */
   close(): Promise<void>;
 }
@@ -347,6 +355,19 @@ export async function transportFixture(
         throw new Error(`WebSocket closed before hello (code ${device.closeCode}).`);
       }
       return device;
+    },
+    async wsUpgradeStatus(creds) {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/device/v1/ws`, {
+        headers: {
+          upgrade: "websocket",
+          connection: "Upgrade",
+          "sec-websocket-version": "13",
+          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+          ...(creds ? { authorization: `Basic ${btoa(`${creds.id}:${creds.key}`)}` } : {}),
+        },
+      });
+      await res.body?.cancel();
+      return res.status;
     },
     async close() {
       for (const device of mqttClients) await device.end().catch(() => {});

@@ -211,6 +211,8 @@ function turn(
     kind: options.kind ?? lamp,
     now: options.now ?? T0,
     randomId: () => (counter++).toString(16).padStart(8, "0"),
+    // History has its own tests (it needs stored rollup chunks read for the turn).
+    history: false,
   });
 }
 

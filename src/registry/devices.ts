@@ -12,6 +12,7 @@ import { applyMergePatch, type JsonObject } from "../twin/json.ts";
 import { type Connection, newTwinRecord, type TwinRecord } from "../twin/state.ts";
 import { zodIssues } from "../twin/turn.ts";
 import { type KeyVault, randomSecret, timingSafeEqual } from "./secrets.ts";
+import type { AlarmRecord } from "../rules/alarms.ts";
 
 /** Device ids: safe in URLs and MQTT topics. */
 export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -348,6 +349,14 @@ export class Registry {
       throw new DoppelError("conflict", `Device ${id} changed while being deleted; try again.`);
     }
     this.#onChange?.({ type: "deleted", device });
+    // Alarm indexes point at the device's alarms: remove them with the alarms.
+    for await (const entry of this.#kv.list<AlarmRecord>({ prefix: keys.alarms(id) })) {
+      const alarm = entry.value;
+      await this.#kv.atomic()
+        .delete(keys.alarmId(alarm.id))
+        .delete(keys.alarmByState(alarm.state, Date.parse(alarm.raisedAt), id, alarm.id))
+        .commit();
+    }
     for (const prefix of devicePrefixes(id)) await deletePrefix(this.#kv, prefix);
   }
 

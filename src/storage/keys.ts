@@ -40,6 +40,33 @@ export const keys = {
   event: (deviceId: string, seq: number): Deno.KvKey => ["events", deviceId, seq],
   /** A twin's timer: when it next needs a turn by itself. */
   timer: (dueAt: number, id: string): Deno.KvKey => ["timers", dueAt, id],
+  /** An alarm of a device. */
+  alarm: (deviceId: string, alarmId: string): Deno.KvKey => ["alarms", deviceId, alarmId],
+  /** A device's alarms. */
+  alarms: (deviceId: string): Deno.KvKey => ["alarms", deviceId],
+  /** Alarms by state, oldest raised first. */
+  alarmByState: (
+    state: string,
+    raisedAt: number,
+    deviceId: string,
+    alarmId: string,
+  ): Deno.KvKey => ["alarms_by_state", state, raisedAt, deviceId, alarmId],
+  /** Which device an alarm id belongs to. */
+  alarmId: (alarmId: string): Deno.KvKey => ["alarm_ids", alarmId],
+  /** When a stored entry falls out of retention: points at the entry's key. */
+  expiry: (expiresAt: number, key: Deno.KvKey): Deno.KvKey => ["expiries", expiresAt, ...key],
+  /** Raw telemetry chunks of one device and metric. */
+  telemetry: (deviceId: string, metric: string): Deno.KvKey => ["telemetry", deviceId, metric],
+  /** Rollup chunks of one device, metric and level. */
+  rollups: (
+    deviceId: string,
+    metric: string,
+    level: string,
+  ): Deno.KvKey => ["rollups", deviceId, metric, level],
+  /** Web push subscriptions of operators. */
+  pushSubscription: (id: string): Deno.KvKey => ["push_subscriptions", id],
+  /** The VAPID key pair. */
+  vapid: (): Deno.KvKey => ["push", "vapid"],
   /** The operator token's hash. */
   adminToken: (): Deno.KvKey => ["admin", "token"],
 } as const;
@@ -54,6 +81,7 @@ export function devicePrefixes(deviceId: string): Deno.KvKey[] {
     ["twin_chunks", deviceId],
     ["telemetry", deviceId],
     ["rollups", deviceId],
+    ["alarms", deviceId],
   ];
 }
 

@@ -50,6 +50,14 @@ export interface MqttEndpoint {
   close(): Promise<void>;
 }
 
+/** The part of aedes's persistence the endpoint watches for PUBACKs. */
+interface Persistence {
+  outgoingClearMessageId(
+    client: Client,
+    packet: { cmd: string; messageId?: number },
+  ): Promise<unknown>;
+}
+
 interface Conn {
   device: DeviceRecord;
   session?: DeviceSession;
@@ -62,8 +70,12 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   const { logger } = deps;
   const broker = await Aedes.createBroker({ heartbeatInterval: 60_000 });
   const conns = new Map<Client, Conn>();
-  // Pushes waiting for their PUBACK, by client and topic (and desired version).
+  // Pushes waiting for their PUBACK, by client id and packet id.
   const waiting = new Map<string, (ok: boolean) => void>();
+  // The packet id each of our pushes is sent with, by payload buffer: aedes only remembers what
+  // it sent to persistent sessions, so we pick the ids ourselves to match PUBACKs for all.
+  const stamps = new WeakMap<Buffer, { clientId: string; messageId: number }>();
+  const nextIds = new WeakMap<Client, number>();
   const log = (level: "info" | "warn" | "error", message: string, fields = {}) =>
     logger.log(level, "mqtt", message, fields);
 
@@ -138,7 +150,23 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   };
 
   // Device → cloud messages are for the twin, not for other subscribers.
-  broker.authorizeForward = (_client, packet) => parseUplinkTopic(packet.topic) ? null : packet;
+  // Our pushes go out with the packet id we chose for them.
+  broker.authorizeForward = (client, packet) => {
+    if (parseUplinkTopic(packet.topic)) return null;
+    const stamp = stamps.get(packet.payload as Buffer);
+    if (!stamp || stamp.clientId !== client.id || packet.qos === 0) return packet;
+    return Object.assign(Object.create(Object.getPrototypeOf(packet)), packet, {
+      messageId: stamp.messageId,
+    });
+  };
+  // Every PUBACK passes here (for clean sessions too, where aedes's `ack` event has no packet).
+  const persistence = (broker as unknown as { persistence: Persistence }).persistence;
+  const clearMessageId = persistence.outgoingClearMessageId.bind(persistence);
+  persistence.outgoingClearMessageId = (client, packet) => {
+    const result = clearMessageId(client, packet);
+    if (packet.cmd === "puback") waiting.get(`${client.id}|${packet.messageId}`)?.(true);
+    return result;
+  };
 
   broker.on("clientReady", (client) => {
     const conn = conns.get(client);
@@ -184,6 +212,10 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     const conn = conns.get(client);
     if (!conn) return;
     conns.delete(client);
+    // A connection that ended without a DISCONNECT packet was lost, not closed.
+    if (!(client as unknown as { _disconnected?: boolean })._disconnected) {
+      conn.reason ??= "connection lost";
+    }
     for (const [key, settle] of waiting) {
       if (key.startsWith(`${client.id}|`)) settle(false);
     }
@@ -191,29 +223,12 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       .catch((error) => log("warn", `Close failed: ${error}`, { deviceId: conn.device.id }));
   });
 
-  broker.on("ack", (packet, client) => {
-    // aedes emits `ack` with no packet when the PUBACK matched nothing it had sent.
-    if (!packet || !("topic" in packet) || !client) return;
-    waiting.get(ackKey(client.id, packet.topic, packet.payload as Buffer))?.(true);
-  });
-
-  function ackKey(clientId: string, topic: string, payload?: Buffer | string): string {
-    if (topic.endsWith("/twin/desired") && payload) {
-      try {
-        return `${clientId}|${topic}|${JSON.parse(payload.toString()).version}`;
-      } catch {
-        return `${clientId}|${topic}`;
-      }
-    }
-    return `${clientId}|${topic}`;
-  }
-
-  function publish(topic: string, body: unknown, qos: 0 | 1): Promise<void> {
+  function publish(topic: string, body: unknown, qos: 0 | 1, payload?: Buffer): Promise<void> {
     return new Promise((resolve, reject) =>
       broker.publish({
         cmd: "publish",
         topic,
-        payload: Buffer.from(JSON.stringify(body)),
+        payload: payload ?? Buffer.from(JSON.stringify(body)),
         qos,
         retain: false,
         dup: false,
@@ -237,7 +252,11 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       const qos = subscriptionQos(topic);
       if (qos === undefined || client.closed) return Promise.resolve(false);
       if (qos === 0) return publish(topic, body, 0).then(() => true); // Nothing to wait for.
-      const key = ackKey(client.id, topic, JSON.stringify(body));
+      const messageId = nextIds.get(client) ?? 1;
+      nextIds.set(client, messageId >= 65535 ? 1 : messageId + 1);
+      const payload = Buffer.from(JSON.stringify(body));
+      stamps.set(payload, { clientId: client.id, messageId });
+      const key = `${client.id}|${messageId}`;
       return new Promise((resolve) => {
         const timer = setTimeout(() => settle(false), ACK_TIMEOUT_MS);
         const settle = (ok: boolean) => {
@@ -246,7 +265,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
           resolve(ok);
         };
         waiting.set(key, settle);
-        publish(topic, body, 1).catch(() => settle(false));
+        publish(topic, body, 1, payload).catch(() => settle(false));
       });
     };
     return {

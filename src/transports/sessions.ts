@@ -85,9 +85,9 @@ export class SessionHub {
     return counts;
   }
 
-  /** Opens a session for an authenticated device. */
-  async open(device: DeviceRecord, downlink: Downlink): Promise<DeviceSession> {
-    const session = new DeviceSession(this, device, downlink);
+  /** Opens a session for an authenticated device (with `id` when the transport announced one). */
+  async open(device: DeviceRecord, downlink: Downlink, id?: string): Promise<DeviceSession> {
+    const session = new DeviceSession(this, device, downlink, id);
     this.#sessions.add(session);
     try {
       await session.attach(device);
@@ -151,7 +151,7 @@ export class SessionHub {
 /** One device connection and the twins it serves (itself, and a gateway's attached children). */
 export class DeviceSession {
   /** Unique id of this session. */
-  readonly id: string = crypto.randomUUID();
+  readonly id: string;
   /** The connected device. */
   readonly deviceId: string;
   #hub: SessionHub;
@@ -160,7 +160,8 @@ export class DeviceSession {
   #closed = false;
 
   /** Use {@link SessionHub.open}. */
-  constructor(hub: SessionHub, device: DeviceRecord, downlink: Downlink) {
+  constructor(hub: SessionHub, device: DeviceRecord, downlink: Downlink, id?: string) {
+    this.id = id ?? crypto.randomUUID();
     this.#hub = hub;
     this.deviceId = device.id;
     this.#downlink = downlink;

@@ -91,8 +91,10 @@ export function serveDeviceSocket(
     deps.logger.log("warn", "ws", message, { deviceId: device.id, ...fields });
 
   const ready = opening.then(async () => {
-    session = await deps.sessions.open(device, downlink);
-    send({ type: "hello", device: device.id, sessionId: session.id });
+    // Hello first: the session pushes what waited as soon as it opens.
+    const sessionId = crypto.randomUUID();
+    send({ type: "hello", device: device.id, sessionId });
+    session = await deps.sessions.open(device, downlink, sessionId);
   }).catch((error) => {
     log(`Opening the session failed: ${error}`);
     socket.close(1011, "session failed");

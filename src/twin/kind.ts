@@ -6,6 +6,9 @@
 import { z } from "zod";
 import type { Json, JsonObject } from "./json.ts";
 import type { PublicTwin } from "./state.ts";
+import type { Severity } from "../rules/alarms.ts";
+import type { Rule } from "../rules/rules.ts";
+import { DEFAULT_RETENTION, parseDuration, type Retention } from "../telemetry/history.ts";
 
 /** Options for a command a handler sends. */
 export interface CommandOptions {
@@ -29,6 +32,10 @@ export interface TwinContext {
   patchDesired(patch: JsonObject): void;
   /** Records an event in the twin's history. */
   recordEvent(type: string, data?: Json): void;
+  /** Raises (or repeats) the device's alarm of `type`. */
+  raiseAlarm(type: string, severity: Severity, message?: string, details?: Json): void;
+  /** Clears the device's open alarm of `type`, if any. */
+  clearAlarm(type: string): void;
   /** Replaces the kind's private memory. */
   setMemory(memory: JsonObject): void;
 }
@@ -63,6 +70,12 @@ export interface TwinDefinition<
   commands?: Record<string, z.ZodType>;
   /** Code that runs in the twin's turn. */
   handlers?: TwinHandlers<z.output<T>, z.output<D>, z.output<R>>;
+  /** Declarative rules (`threshold`, `rateOfChange`, `noData`, `anomaly`), run in the turn. */
+  rules?: Rule[];
+  /** How long history is kept, per level, as durations (`"7d"`); defaults otherwise. */
+  retention?: Partial<Record<keyof Retention, string>>;
+  /** Keep telemetry history and rollups (default true). */
+  history?: boolean;
 }
 
 /** A loaded kind, as the runtime uses it. */
@@ -83,6 +96,12 @@ export interface TwinKind {
   readonly commands: Readonly<Record<string, z.ZodType>>;
   /** Turn handlers. */
   readonly handlers: TwinHandlers<unknown, unknown, unknown>;
+  /** Rules. */
+  readonly rules: readonly Rule[];
+  /** History retention, in ms. */
+  readonly retention: Retention;
+  /** Whether history and rollups are kept. */
+  readonly history: boolean;
 }
 
 const KIND_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
@@ -103,6 +122,22 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
       throw new Error(`Kind "${definition.kind}" needs a zod schema for ${field}.`);
     }
   }
+  const names = new Set<string>();
+  for (const rule of definition.rules ?? []) {
+    if (names.has(rule.name)) {
+      throw new Error(`Kind "${definition.kind}" has two rules named "${rule.name}".`);
+    }
+    names.add(rule.name);
+  }
+  const retention = { ...DEFAULT_RETENTION };
+  for (const [level, text] of Object.entries(definition.retention ?? {})) {
+    if (!(level in retention)) {
+      throw new Error(
+        `Kind "${definition.kind}" retention level "${level}" is not raw, 1m, 1h or 1d.`,
+      );
+    }
+    retention[level as keyof Retention] = parseDuration(text as string);
+  }
   for (const [name, schema] of Object.entries(definition.commands ?? {})) {
     if (!(schema instanceof z.ZodType)) {
       throw new Error(`Kind "${definition.kind}" command "${name}" needs a zod payload schema.`);
@@ -117,6 +152,9 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
     reported: definition.reported,
     commands: Object.freeze({ ...definition.commands }),
     handlers: (definition.handlers ?? {}) as TwinHandlers<unknown, unknown, unknown>,
+    rules: Object.freeze([...(definition.rules ?? [])]),
+    retention,
+    history: definition.history ?? true,
   });
 }
 

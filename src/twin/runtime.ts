@@ -21,7 +21,11 @@ import { encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts
 import type { TwinKind } from "./kind.ts";
 import type { TwinRecord } from "./state.ts";
 import type { Transport } from "./presence.ts";
-import { runTurn, type TurnReads, type TwinMessage } from "./turn.ts";
+import { runTurn, type TurnReads, type TurnResult, type TwinMessage } from "./turn.ts";
+import type { TwinKind as Kind } from "./kind.ts";
+import { ALARM_RETENTION_MS } from "../rules/alarms.ts";
+import { keyId, rawKey, rollupExpiry } from "../telemetry/history.ts";
+import type { RollupChunk } from "../telemetry/rollup.ts";
 
 /** How long a telemetry message id is remembered, so a resend is not applied twice (24 h). */
 export const DEDUPE_WINDOW_MS = 24 * 3_600_000;
@@ -52,6 +56,8 @@ export interface TwinRuntimeOptions {
   randomId?: () => string;
   /** An HTTP-only device counts as offline this long (ms) after its last request (default 5 min). */
   httpTimeoutMs?: number;
+  /** Keep telemetry history and rollups (default true). */
+  history?: boolean;
 }
 
 /** Twin actors, their commits and their timers. */
@@ -84,7 +90,12 @@ export class TwinRuntime {
       },
     });
     this.#directory = new Directory({
-      behavior: new TwinBehavior(this, options.randomId ?? randomHex, options.httpTimeoutMs),
+      behavior: new TwinBehavior(
+        this,
+        options.randomId ?? randomHex,
+        options.httpTimeoutMs,
+        options.history ?? true,
+      ),
       batcher: this.#batcher,
       maxActivations: options.maxActivations,
       idleMs: options.idleMs,
@@ -190,7 +201,12 @@ export class TwinRuntime {
         this.#logger.log("error", "timers", `Timer sweep failed: ${error}`)
       );
     }, timerMs));
-    this.#loops.push(setInterval(() => this.#directory.collectIdle(), collectMs));
+    this.#loops.push(setInterval(() => {
+      this.#directory.collectIdle();
+      this.sweepExpired().catch((error) =>
+        this.#logger.log("error", "retention", `Retention sweep failed: ${error}`)
+      );
+    }, collectMs));
   }
 
   /** Passivates twins idle past the timeout; returns how many. */
@@ -230,6 +246,30 @@ export class TwinRuntime {
     return due.length;
   }
 
+  /**
+   * Deletes what has fallen out of retention by now (history chunks), a batch at a time; returns
+   * how many entries went. KV's `expireIn` would remove them too, but lazily.
+   */
+  async sweepExpired(): Promise<number> {
+    const now = this.#clock.now();
+    let removed = 0;
+    for (;;) {
+      const atomic = this.#kv.atomic();
+      let n = 0;
+      for await (
+        const entry of this.#kv.list({ prefix: ["expiries"], end: ["expiries", now + 1] }, {
+          limit: 400,
+        })
+      ) {
+        atomic.delete(entry.key).delete(entry.key.slice(2));
+        n++;
+      }
+      if (n === 0) return removed;
+      await atomic.commit();
+      removed += n;
+    }
+  }
+
   /** Stops the loops and waits for commits in flight. */
   async close(): Promise<void> {
     for (const id of this.#loops.splice(0)) clearInterval(id);
@@ -255,13 +295,20 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   #runtime: TwinRuntime;
   #randomId: () => string;
   #httpTimeoutMs: number | undefined;
+  #history: boolean;
   // Chunks each stored record took, so a shrinking record deletes its leftovers.
   #chunks = new WeakMap<TwinRecord, number>();
 
-  constructor(runtime: TwinRuntime, randomId: () => string, httpTimeoutMs?: number) {
+  constructor(
+    runtime: TwinRuntime,
+    randomId: () => string,
+    httpTimeoutMs: number | undefined,
+    history: boolean,
+  ) {
     this.#runtime = runtime;
     this.#randomId = randomId;
     this.#httpTimeoutMs = httpTimeoutMs;
+    this.#history = history;
   }
 
   async load(id: string): Promise<Loaded<TwinRecord> | null> {
@@ -293,13 +340,22 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     const { clock, bus, logger } = this.#runtime.internals;
     const kind = this.#runtime.kindOf(current.state.kind);
     const reads = await this.#read(id, current.state, messages);
+    const chunks = new Map<string, RollupChunk | null>();
     const now = clock.now();
-    const turn = runTurn(current.state, messages, reads, {
-      kind,
-      now,
-      randomId: this.#randomId,
-      httpTimeoutMs: this.#httpTimeoutMs,
-    });
+    let turn: TurnResult;
+    for (;;) {
+      turn = runTurn(current.state, messages, { ...reads, rollupChunks: chunks }, {
+        kind,
+        now,
+        randomId: this.#randomId,
+        httpTimeoutMs: this.#httpTimeoutMs,
+        history: this.#history,
+      });
+      if (!turn.missing) break;
+      // The turn closed a rollup bucket (or took a late point) whose stored chunk it needs.
+      const entries = await this.#runtime.internals.kv.getMany<RollupChunk[]>(turn.missing);
+      entries.forEach((entry, i) => chunks.set(keyId(turn.missing![i]), entry.value));
+    }
     if (!turn.changed) {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }
@@ -358,6 +414,8 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     if (stale !== null && stale !== state.timerAt) {
       mutations.push({ type: "delete", key: keys.timer(stale, id) });
     }
+    bytes += encodeHistory(id, turn, kind, now, mutations);
+    bytes += encodeAlarms(id, turn, mutations);
     return {
       state,
       replies: turn.replies,
@@ -442,4 +500,58 @@ function chunksOf(record: TwinRecord): number {
 function randomHex(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(4));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Adds the writes for flushed raw chunks and changed rollup chunks; returns their bytes. */
+function encodeHistory(
+  id: string,
+  turn: TurnResult,
+  kind: Kind,
+  now: number,
+  mutations: Deno.KvMutation[],
+): number {
+  let bytes = 0;
+  const expiring = (key: Deno.KvKey, value: unknown, expiresAt: number, size: number) => {
+    // Data already past its retention is not written at all.
+    if (expiresAt <= now) return;
+    mutations.push({ type: "set", key, value, expireIn: expiresAt - now });
+    mutations.push({ type: "set", key: keys.expiry(expiresAt, key), value: null });
+    bytes += size + 2 * 96;
+  };
+  for (const chunk of turn.writes.rawChunks) {
+    expiring(
+      rawKey(id, chunk),
+      chunk.points,
+      chunk.lastTs + kind.retention.raw,
+      chunk.points.length * 20,
+    );
+  }
+  for (const { key, level, start, chunk } of turn.writes.rollupChunks) {
+    expiring(key, chunk, rollupExpiry(level, start, kind.retention), chunk.buckets.length * 70);
+  }
+  return bytes;
+}
+
+/** Adds the writes for changed alarms and their indexes; returns their bytes. */
+function encodeAlarms(id: string, turn: TurnResult, mutations: Deno.KvMutation[]): number {
+  let bytes = 0;
+  for (const { alarm, previous } of turn.writes.alarms) {
+    const raisedAt = Date.parse(alarm.raisedAt);
+    const keep = alarm.state === "cleared" ? { expireIn: ALARM_RETENTION_MS } : {};
+    if (previous !== null && previous !== alarm.state) {
+      mutations.push({ type: "delete", key: keys.alarmByState(previous, raisedAt, id, alarm.id) });
+    }
+    mutations.push(
+      { type: "set", key: keys.alarm(id, alarm.id), value: alarm, ...keep },
+      {
+        type: "set",
+        key: keys.alarmByState(alarm.state, raisedAt, id, alarm.id),
+        value: null,
+        ...keep,
+      },
+      { type: "set", key: keys.alarmId(alarm.id), value: id, ...keep },
+    );
+    bytes += 1024 + JSON.stringify(alarm.details ?? null).length;
+  }
+  return bytes;
 }

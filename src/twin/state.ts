@@ -5,6 +5,9 @@
 import type { CommandRecord } from "../commands/model.ts";
 import { computeDelta, type JsonObject, type MetaTree } from "./json.ts";
 import type { PresenceState, Tombstone } from "./presence.ts";
+import type { AlarmRecord } from "../rules/alarms.ts";
+import type { RuleState } from "../rules/rules.ts";
+import { emptyHistory, type HistoryState } from "../telemetry/history.ts";
 
 /** Presence of the device behind a twin. */
 export type ConnectionStatus = "online" | "offline" | "never";
@@ -45,6 +48,12 @@ export interface TwinRecord {
   commands: { nextSeq: number; pending: CommandRecord[] };
   /** Counter for event keys. */
   eventSeq: number;
+  /** Telemetry not yet flushed to history, and open rollup buckets. */
+  history: HistoryState;
+  /** What each rule remembers, by rule name. */
+  rules: Record<string, RuleState>;
+  /** Open (active or acknowledged) alarms, by type. */
+  alarms: Record<string, AlarmRecord>;
   /** Sessions and HTTP activity behind `connection`. */
   presence: PresenceState;
   /** The desired version the device last acknowledged. */
@@ -95,6 +104,9 @@ export function newTwinRecord(id: string, kind: string, now: number): TwinRecord
     memory: {},
     commands: { nextSeq: 1, pending: [] },
     eventSeq: 0,
+    history: emptyHistory(),
+    rules: {},
+    alarms: {},
     presence: { sessions: {}, httpUntil: null },
     desiredAcked: 0,
     desiredTombstones: [],
@@ -122,6 +134,9 @@ export function publicTwin(record: TwinRecord): PublicTwin {
 /** Fills fields added after a record was written, so older records load as current ones. */
 export function upgradeRecord(record: TwinRecord): TwinRecord {
   record.presence ??= { sessions: {}, httpUntil: null };
+  record.history ??= emptyHistory();
+  record.rules ??= {};
+  record.alarms ??= {};
   record.desiredAcked ??= 0;
   record.desiredTombstones ??= [];
   record.tombstoneHorizon ??= 0;

@@ -25,6 +25,24 @@ import {
   updateMeta,
 } from "./json.ts";
 import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
+import {
+  type AlarmRecord,
+  type AlarmState,
+  newAlarm,
+  repeatAlarm,
+  type Severity,
+} from "../rules/alarms.ts";
+import {
+  type Action,
+  type Firing,
+  initialState,
+  onReading,
+  onTime,
+  type Rule,
+  ruleDue,
+} from "../rules/rules.ts";
+import { HistoryWriter, NeedsRead, numericFields, type RawChunk } from "../telemetry/history.ts";
+import type { Level, RollupChunk } from "../telemetry/rollup.ts";
 import { type Connection, type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
 import {
   addTombstones,
@@ -77,6 +95,8 @@ export type TwinMessage =
   | { type: "session.renew"; sessionId: string; leaseMs: number }
   | { type: "session.close"; sessionId: string; reason: string }
   | { type: "desired.ack"; version: number }
+  | { type: "alarm.acknowledge"; alarmId: string }
+  | { type: "alarm.clear"; alarmId: string }
   | { type: "tick"; dueAt: number };
 
 /** What a session gets when it opens: what it must push to the device straight away. */
@@ -95,6 +115,8 @@ export interface TurnReads {
   idempotent: ReadonlyMap<string, CommandRecord>;
   /** Ids of finished commands that results were sent for (so a late result is 409, not 404). */
   finishedCommandIds?: ReadonlySet<string>;
+  /** Stored rollup chunks the turn asked for, by key id (`null`: none stored). */
+  rollupChunks?: ReadonlyMap<string, RollupChunk | null>;
 }
 
 /** What the turn gets from outside besides the record. */
@@ -107,6 +129,8 @@ export interface TurnEnv {
   randomId(): string;
   /** An HTTP-only device counts as offline this long (ms) after its last request. */
   httpTimeoutMs?: number;
+  /** Keep telemetry history and rollups (default true; the kind may also turn it off). */
+  history?: boolean;
 }
 
 /** Default HTTP inactivity timeout: 5 minutes. */
@@ -131,6 +155,12 @@ export type Notice =
   | { type: "command.changed"; command: CommandRecord }
   | { type: "event"; deviceId: string; event: TwinEvent }
   | { type: "presence.changed"; deviceId: string; connection: Connection }
+  | {
+    type: "alarm.changed";
+    deviceId: string;
+    alarm: AlarmRecord;
+    change: "raised" | "repeated" | "acknowledged" | "cleared";
+  }
   | { type: "log"; level: "warn" | "error"; message: string; deviceId: string };
 
 /** The reply to one message: a value or an error. */
@@ -156,9 +186,25 @@ export interface TurnResult {
     events: TwinEvent[];
     /** A stale `["timers"]` entry to remove, besides the record's own. */
     staleTimer: number | null;
+    /** Alarms raised or changed, with the state each was in before (for its index). */
+    alarms: AlarmWrite[];
+    /** Raw telemetry chunks flushed. */
+    rawChunks: RawChunk[];
+    /** Rollup chunks changed. */
+    rollupChunks: Array<{ key: Deno.KvKey; level: Level; start: number; chunk: RollupChunk }>;
   };
   /** What to release after commit. */
   notices: Notice[];
+  /** Stored data the turn needs read first; when set, nothing else in the result counts. */
+  missing?: Deno.KvKey[];
+}
+
+/** An alarm to write, and the state it was stored in before (`null` when new). */
+export interface AlarmWrite {
+  /** The alarm now. */
+  alarm: AlarmRecord;
+  /** Its stored state before this turn. */
+  previous: AlarmState | null;
 }
 
 /** Runs one turn over a batch of messages. */
@@ -169,13 +215,35 @@ export function runTurn(
   env: TurnEnv,
 ): TurnResult {
   const turn = new Turn(record, reads, env);
-  const replies = messages.map((message) => turn.apply(message));
-  return turn.finish(replies, record);
+  try {
+    const replies = messages.map((message) => turn.apply(message));
+    return turn.finish(replies, record);
+  } catch (error) {
+    if (!(error instanceof NeedsRead)) throw error;
+    return {
+      state: record,
+      replies: [],
+      changed: false,
+      writes: {
+        commands: [],
+        messageIds: [],
+        idempotency: [],
+        events: [],
+        staleTimer: null,
+        alarms: [],
+        rawChunks: [],
+        rollupChunks: [],
+      },
+      notices: [],
+      missing: [error.key],
+    };
+  }
 }
 
 type Draft = {
   state: TwinRecord;
   commands: Map<number, CommandRecord>;
+  alarms: Map<string, AlarmWrite>;
   messageIds: string[];
   idempotency: Array<[string, string]>;
   events: TwinEvent[];
@@ -190,11 +258,14 @@ class Turn {
   #staleTimer: number | null = null;
   #seen = new Set<string>();
   #idem = new Map<string, CommandRecord>();
+  #history: HistoryWriter;
 
   constructor(record: TwinRecord, reads: TurnReads, env: TurnEnv) {
+    this.#history = new HistoryWriter(record.id, reads.rollupChunks ?? new Map());
     this.#draft = {
       state: record,
       commands: new Map(),
+      alarms: new Map(),
       messageIds: [],
       idempotency: [],
       events: [],
@@ -223,7 +294,10 @@ class Turn {
   finish(replies: Reply[], original: TwinRecord): TurnResult {
     const draft = this.#draft;
     let state = draft.state;
-    const due = minDue(nextDue(state.commands.pending), presenceDue(state.presence));
+    let due = minDue(nextDue(state.commands.pending), presenceDue(state.presence));
+    for (const rule of this.#env.kind.rules) {
+      due = minDue(due, ruleDue(rule, this.#ruleState(state, rule)));
+    }
     if (due !== state.timerAt) {
       state = { ...state, timerAt: due };
       draft.changed = true;
@@ -239,6 +313,9 @@ class Turn {
         idempotency: draft.idempotency,
         events: draft.events,
         staleTimer: this.#staleTimer,
+        alarms: [...draft.alarms.values()],
+        rawChunks: this.#history.raw,
+        rollupChunks: [...this.#history.rollups.values()],
       },
       notices: draft.notices,
     };
@@ -272,6 +349,13 @@ class Turn {
         return this.#renewSession(draft, message.sessionId, message.leaseMs);
       case "session.close":
         return this.#closeSession(draft, message.sessionId, message.reason);
+      case "alarm.acknowledge":
+        return this.#acknowledgeAlarm(draft, message.alarmId);
+      case "alarm.clear": {
+        const open = Object.values(draft.state.alarms).find((a) => a.id === message.alarmId);
+        if (!open) throw alarmNotOpen(message.alarmId);
+        return this.#clearAlarm(draft, open.type, "operator");
+      }
       case "desired.ack":
         if (message.version > draft.state.desiredAcked) {
           draft.state = {
@@ -360,6 +444,135 @@ class Turn {
     draft.changed = true;
     this.#settlePresence(draft, reason, transport);
     return { closed: true };
+  }
+
+  /** A rule's remembered state, or its initial one. */
+  #ruleState(state: TwinRecord, rule: Rule): RuleStateOf {
+    return state.rules[rule.name] ?? initialState(rule, Date.parse(state.createdAt));
+  }
+
+  /** Stores a rule's new state and, if it started or stopped firing, does what it says. */
+  #applyFiring(draft: Draft, rule: Rule, firing: Firing): void {
+    const before = draft.state.rules[rule.name];
+    if (before !== firing.state) {
+      draft.state = { ...draft.state, rules: { ...draft.state.rules, [rule.name]: firing.state } };
+      draft.changed = true;
+    }
+    if (!firing.change) return;
+    const saved = copyDraft(draft);
+    try {
+      const type = rule.alarm?.type ?? rule.name;
+      if (firing.change === "raise") {
+        if (rule.alarm) {
+          this.#raiseAlarm(
+            draft,
+            type,
+            rule.alarm.severity,
+            rule.alarm.message ?? `Rule ${rule.name} fired.`,
+            { rule: rule.name, ...firing.details },
+          );
+        } else this.#recordEvent(draft, "rule.fired", { rule: rule.name, ...firing.details });
+        for (const action of rule.onRaise ?? []) this.#act(draft, action);
+      } else {
+        if (rule.alarm) this.#clearAlarm(draft, type, `rule ${rule.name}`);
+        else this.#recordEvent(draft, "rule.cleared", { rule: rule.name, ...firing.details });
+        for (const action of rule.onClear ?? []) this.#act(draft, action);
+      }
+    } catch (error) {
+      // A rule whose action is refused (say, a command over the pending cap) does not lose the
+      // reading: its state moves on, the refusal is recorded.
+      Object.assign(draft, saved);
+      const message = error instanceof Error ? error.message : String(error);
+      this.#recordEvent(draft, "rule.failed", { rule: rule.name, message });
+      draft.notices.push({
+        type: "log",
+        level: "warn",
+        message: `Rule ${rule.name} could not act: ${message}`,
+        deviceId: draft.state.id,
+      });
+    }
+  }
+
+  #act(draft: Draft, action: Action): void {
+    if ("command" in action) {
+      this.#newCommand(draft, action.command, action.payload ?? null, action, "twin");
+    } else {
+      this.#patchState(draft, "desired", action.desired, this.#env.kind.desired);
+    }
+  }
+
+  #raiseAlarm(
+    draft: Draft,
+    type: string,
+    severity: Severity,
+    message: string,
+    details: Json | undefined,
+  ): void {
+    const now = this.#env.now;
+    const open = draft.state.alarms[type];
+    const alarm = open ? repeatAlarm(open, severity, message, details, now) : newAlarm(
+      `${this.#env.randomId()}${this.#env.randomId()}`,
+      draft.state.id,
+      type,
+      severity,
+      message,
+      details,
+      now,
+    );
+    this.#writeAlarm(draft, alarm, open ? "repeated" : "raised");
+  }
+
+  #clearAlarm(draft: Draft, type: string, by: string): AlarmRecord | null {
+    const open = draft.state.alarms[type];
+    if (!open) return null;
+    const alarm: AlarmRecord = {
+      ...open,
+      state: "cleared",
+      clearedAt: new Date(this.#env.now).toISOString(),
+      clearedBy: by,
+    };
+    this.#writeAlarm(draft, alarm, "cleared");
+    return alarm;
+  }
+
+  #acknowledgeAlarm(draft: Draft, alarmId: string): AlarmRecord {
+    const open = Object.values(draft.state.alarms).find((a) => a.id === alarmId);
+    if (!open) throw alarmNotOpen(alarmId);
+    if (open.state === "acknowledged") return open;
+    const alarm: AlarmRecord = {
+      ...open,
+      state: "acknowledged",
+      acknowledgedAt: new Date(this.#env.now).toISOString(),
+    };
+    this.#writeAlarm(draft, alarm, "acknowledged");
+    return alarm;
+  }
+
+  /** Records an alarm change: the twin's open alarms, the write, an event and a notice. */
+  #writeAlarm(
+    draft: Draft,
+    alarm: AlarmRecord,
+    change: "raised" | "repeated" | "acknowledged" | "cleared",
+  ): void {
+    const alarms = { ...draft.state.alarms };
+    if (alarm.state === "cleared") delete alarms[alarm.type];
+    else alarms[alarm.type] = alarm;
+    const stored = draft.alarms.get(alarm.id);
+    const previous = stored
+      ? stored.previous
+      : change === "raised"
+      ? null
+      : draft.state.alarms[alarm.type]?.state ?? null;
+    draft.state = { ...draft.state, alarms };
+    draft.alarms.set(alarm.id, { alarm, previous });
+    draft.changed = true;
+    this.#recordEvent(draft, `alarm.${change}`, {
+      alarmId: alarm.id,
+      type: alarm.type,
+      severity: alarm.severity,
+      count: alarm.count,
+    });
+    draft.notices.push({ type: "alarm.changed", deviceId: alarm.deviceId, alarm, change });
   }
 
   /** Moves `connection.status` to what presence now says, recording the change and its reason. */
@@ -477,7 +690,29 @@ class Turn {
           },
         };
       }
+      const numbers = numericFields(item.values);
+      if (kind.history && this.#env.history !== false && numbers.length > 0) {
+        let history = state.history;
+        for (const [metric, value] of numbers) {
+          history = this.#history.add(history, metric, item.ts, value);
+        }
+        state = { ...state, history };
+      }
       draft.state = state;
+      if (kind.rules.length > 0) {
+        const values = new Map(numbers);
+        for (const rule of kind.rules) {
+          const metric = "metric" in rule ? rule.metric : undefined;
+          const value = metric === undefined ? undefined : values.get(metric);
+          if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
+          this.#applyFiring(
+            draft,
+            rule,
+            onReading(rule, this.#ruleState(draft.state, rule), item.ts, value),
+          );
+        }
+        state = draft.state;
+      }
       const onTelemetry = kind.handlers.onTelemetry;
       if (onTelemetry) {
         this.#runHandler(
@@ -755,6 +990,9 @@ class Turn {
       draft.changed = true;
       this.#settlePresence(draft, expired.length > 0 ? "lease expired" : "inactivity");
     }
+    for (const rule of this.#env.kind.rules) {
+      this.#applyFiring(draft, rule, onTime(rule, this.#ruleState(draft.state, rule), now));
+    }
     return { expired: this.#expire(draft) };
   }
 
@@ -810,6 +1048,9 @@ class Turn {
           this.#patchState(d, "desired", patch, this.#env.kind.desired);
         }),
       recordEvent: (type, data) => ops.push((d) => this.#recordEvent(d, type, data)),
+      raiseAlarm: (type, severity, message, details) =>
+        ops.push((d) => this.#raiseAlarm(d, type, severity, message ?? type, details)),
+      clearAlarm: (type) => ops.push((d) => void this.#clearAlarm(d, type, "handler")),
       setMemory: (memory) =>
         ops.push((d) => {
           d.state = { ...d.state, memory };
@@ -834,10 +1075,20 @@ class Turn {
   }
 }
 
+type RuleStateOf = TwinRecord["rules"][string];
+
+function alarmNotOpen(alarmId: string): DoppelError {
+  return new DoppelError(
+    "conflict",
+    `Alarm ${alarmId} is not open (it was cleared, or is not this device's).`,
+  );
+}
+
 function copyDraft(draft: Draft): Draft {
   return {
     ...draft,
     commands: new Map(draft.commands),
+    alarms: new Map(draft.alarms),
     messageIds: [...draft.messageIds],
     idempotency: [...draft.idempotency],
     events: [...draft.events],

@@ -1,9 +1,10 @@
 /**
  * Doppel's benchmark, run with `deno task bench`. Four parts, each on its own temp KV file:
  *
- * 1. Raw Deno KV ceiling: batched atomics of the exact twin values the runtime writes.
+ * 1. Raw Deno KV ceiling: batched atomics of twin head values from `encodeTwin`, first of fresh
+ *    twins, then (after part 2) of the very heads the runtime wrote.
  * 2. The twin runtime in process: durable telemetry messages per second from 2,000 callers over
- *    10,000 twins, and its ratio to the raw ceiling.
+ *    10,000 twins, and its ratio to both raw ceilings.
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
  *
@@ -20,7 +21,7 @@
  * ```
  * @module
  */
-import { fmt } from "./common.ts";
+import { fmt, machineCpu, sleep } from "./common.ts";
 import { type HttpResult, httpThroughput } from "./http.ts";
 import { activatedMemory } from "./memory.ts";
 import type { MemoryChildResult, MemorySample } from "./memory_child.ts";
@@ -86,18 +87,21 @@ async function main(): Promise<void> {
       `${navigator.hardwareConcurrency} cores, ${Deno.build.os}/${Deno.build.arch}`,
   );
 
-  let raw: RawResult[] | undefined;
+  const idleBefore = machineCpu();
+  await sleep(1000);
+  const idleAfter = machineCpu();
+  if (idleBefore && idleAfter) {
+    const busy = (idleAfter.busy - idleBefore.busy) / (idleAfter.total - idleBefore.total) * 100;
+    log(
+      `Machine busy before the bench (other processes): ${busy.toFixed(0)}% of all cores` +
+        (busy > 10 ? " -- WARNING: figures below will be noisy" : ""),
+    );
+  }
+
+  const raw: RawResult[][] = [];
   if (parts.has("raw")) {
     log("\n[1/4] Raw Deno KV ceiling (file-backed, twin values from encodeTwin)");
-    raw = await rawKvCeiling({ log });
-    for (const r of raw) {
-      rows.push({
-        figure: `Raw KV, ${r.label}`,
-        value: `${fmt(r.entriesPerSec)} entries/s`,
-        target: "-",
-        verdict: "info",
-      });
-    }
+    raw.push(await rawKvCeiling({ log }));
   }
 
   let runtime: RuntimeResult | undefined;
@@ -143,20 +147,50 @@ async function main(): Promise<void> {
       target: "- (max 100)",
       verdict: "info",
     });
-    if (raw) {
-      const plain = Math.max(...raw.filter((x) => !x.checked).map((x) => x.entriesPerSec));
-      const checked = raw.find((x) => x.checked)!.entriesPerSec;
-      for (const [name, ceiling] of [["1000/atomic", plain], ["checked 100x2", checked]] as const) {
-        const ratio = r.messagesPerSec / ceiling;
-        log(`  ratio to raw ${name}: ${pct(ratio)} (${fmt(r.messagesPerSec)} / ${fmt(ceiling)})`);
+    if (raw.length > 0) {
+      // A second raw pass with the very heads the runtime wrote: its records may have grown past
+      // a fresh twin's (telemetry history), and KV's cost grows with the bytes.
+      log("\n[1/4, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
+      raw.push(await rawKvCeiling({ log, entries: r.heads }));
+    }
+  }
+  const passNames = ["fresh twins", "runtime's heads"];
+  raw.forEach((pass, i) => {
+    for (const r of pass) {
+      rows.push({
+        figure: `Raw KV (${passNames[i]}), ${r.label}`,
+        value: `${fmt(r.entriesPerSec)} entries/s`,
+        target: "-",
+        verdict: "info",
+      });
+    }
+  });
+  if (runtime && raw.length > 0) {
+    const r = runtime;
+    log("");
+    raw.forEach((pass, i) => {
+      const bulk = pass.filter((x) => !x.checked);
+      const plain = bulk.reduce((a, b) => (b.entriesPerSec > a.entriesPerSec ? b : a));
+      const checked = pass.find((x) => x.checked)!;
+      for (
+        const [name, ceiling] of [[`${plain.perAtomic}/atomic`, plain], [
+          "checked",
+          checked,
+        ]] as const
+      ) {
+        const ratio = r.messagesPerSec / ceiling.entriesPerSec;
+        log(
+          `  runtime / raw ${name} (${passNames[i]}): ${pct(ratio)} ` +
+            `(${fmt(r.messagesPerSec)} / ${fmt(ceiling.entriesPerSec)})`,
+        );
         rows.push({
-          figure: `Runtime / raw ${name}`,
+          figure: `Runtime / raw ${name} (${passNames[i]})`,
           value: pct(ratio),
           target: ">= 40%",
           verdict: verdict(ratio >= 0.4),
         });
       }
-    }
+    });
   }
 
   let http: HttpResult | undefined;

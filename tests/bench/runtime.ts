@@ -46,6 +46,8 @@ export interface RuntimeResult {
   activations: number;
   /** Commits allowed in flight. */
   maxInFlight: number;
+  /** Every twin's head entry as the run left it: what the runtime wrote. */
+  heads: Array<{ key: Deno.KvKey; value: unknown }>;
   /** CPU busy % in the window: the main (JavaScript) thread, other threads, the busiest ones. */
   cpu: { main: number; others: number; top: string } | null;
 }
@@ -122,8 +124,17 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     const cpu = cpuShare(cpuBefore, threadCpu(), elapsed);
     stop = true;
     await Promise.all(callers);
-    if (firstError) log(`  first error: ${firstError}`);
+    if (firstError) {
+      const text = firstError instanceof Error
+        ? firstError.stack ?? String(firstError)
+        : String(firstError);
+      log(`  first error: ${text.split("\n").slice(0, 6).join("\n    ")}`);
+    }
 
+    const heads: Array<{ key: Deno.KvKey; value: unknown }> = [];
+    for await (const entry of kv.list({ prefix: ["twins"] })) {
+      heads.push({ key: entry.key, value: entry.value });
+    }
     const messages = after.completed - before.completed;
     const batches = after.batches - before.batches;
     const turns = after.batchedRequests - before.batchedRequests;
@@ -140,6 +151,7 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
       messagesPerTurn: turns ? messages / turns : 0,
       activations: runtime.activations,
       maxInFlight: options.maxInFlight ?? 2,
+      heads,
       cpu,
     };
   } finally {

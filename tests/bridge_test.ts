@@ -1,0 +1,474 @@
+/**
+ * Bridge mode against a real Mosquitto (2.0, dynamic-security plugin) and the real Doppel server
+ * process: the broker is started by the test in a temp folder with a configuration derived from
+ * `deploy/mosquitto/`, Doppel bridges to it (`MQTT_URL`, `MQTT_DYNSEC=1`, no embedded listener),
+ * and devices talk to the broker with mqtt.js and the mosquitto CLI. Covers the credential sync
+ * (register, wrong key, disable, rotate, delete), the topic ACL, QoS 1 telemetry, presence with
+ * desired catch-up and queued commands, command results, and a broker restart mid-stream.
+ * @module
+ */
+import { assert, assertEquals } from "./assert.ts";
+import { Mosquitto } from "./mosquitto.ts";
+import {
+  applied,
+  connectCode,
+  connectDevice,
+  type Creds,
+  DoppelProcess,
+  MqttDevice,
+  Operator,
+  run,
+  until,
+  writeKinds,
+} from "./real_process.ts";
+import type { IClientOptions } from "mqtt";
+
+const TOKEN = "bridge-test-admin-token-0123456789";
+/** Bridge connections Doppel opens (MQTT_BRIDGE_CONNECTIONS). */
+const CONNECTIONS = 3;
+
+/** A running broker, Doppel bridging to it, and the devices a test opened. */
+interface System {
+  broker: Mosquitto;
+  doppel: DoppelProcess;
+  op: Operator;
+  /** Connects a device to the broker (tracked: ended after the test). */
+  device(creds: Creds, extra?: IClientOptions): Promise<MqttDevice>;
+  /** Waits until the broker accepts the device's credentials (the dynsec sync is asynchronous). */
+  accepted(creds: Creds): Promise<void>;
+  /**
+   * Registers a device and waits until the broker has the whole of it: the credential sync ends
+   * with `enableClient` (Mosquitto logs each dynsec command), and the broker accepts the key.
+   */
+  register(id: string, kind?: string): Promise<Creds>;
+  /** Kills Doppel (SIGKILL) and starts it again on the same KV; waits for the bridge to be up. */
+  restartDoppel(): Promise<DoppelProcess>;
+}
+
+/** Starts Mosquitto and Doppel in bridge mode, runs `fn`, and always tears everything down. */
+async function withSystem(fn: (s: System) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "doppel_bridge_test_" });
+  const devices = new Set<MqttDevice>();
+  let broker: Mosquitto | undefined;
+  let doppel: DoppelProcess | undefined;
+  try {
+    const kinds = await writeKinds(dir);
+    broker = await Mosquitto.create(dir);
+    const url = broker.adminUrl;
+    const startDoppel = async () => {
+      const started = await DoppelProcess.start({
+        DOPPEL_KV: `${dir}/data/doppel.kv`,
+        DOPPEL_TWINS: kinds,
+        DOPPEL_ADMIN_TOKEN: TOKEN,
+        MQTT_PORT: "0",
+        MQTT_URL: url,
+        MQTT_DYNSEC: "1",
+        MQTT_BRIDGE_ID: "doppel-bridge-test",
+        MQTT_BRIDGE_CONNECTIONS: String(CONNECTIONS),
+      });
+      try {
+        await started.waitFor(/Broker credentials reconciled for \d+ devices/);
+        for (let i = 0; i < CONNECTIONS; i++) {
+          await started.waitFor(new RegExp(`Bridge connection doppel-bridge-test-${i} is up`));
+        }
+      } catch (error) {
+        await started.stop();
+        throw error;
+      }
+      return started;
+    };
+    doppel = await startDoppel();
+    const op = new Operator(doppel.base, TOKEN);
+    const b = broker;
+    const system: System = {
+      broker: b,
+      doppel,
+      op,
+      async device(creds, extra = {}) {
+        const device = await connectDevice(b.url, creds, extra);
+        devices.add(device);
+        return device;
+      },
+      async accepted(creds) {
+        await until(
+          async () => (await connectCode(b.url, creds)) === 0,
+          `the broker to accept ${creds.id}`,
+        );
+      },
+      async register(id, kind = "thermostat") {
+        const mark = b.mark;
+        const creds = await system.op.register(id, kind);
+        await b.waitLog(new RegExp(`\\| enableClient \\| username=${id}$`), mark);
+        await system.accepted(creds);
+        return creds;
+      },
+      async restartDoppel() {
+        await system.doppel.stop();
+        system.doppel = doppel = await startDoppel();
+        system.op = new Operator(doppel.base, TOKEN);
+        return doppel;
+      },
+    };
+    await fn(system);
+  } catch (error) {
+    console.error(`--- doppel log ---\n${doppel?.lines.slice(-80).join("\n")}`);
+    const notable = (broker?.log() ?? "").split("\n").filter((line) =>
+      /dynsec|administrative|Error|Warning|running|terminating|as doppel-bridge/.test(line)
+    );
+    console.error(`--- mosquitto log (notable lines) ---\n${notable.slice(-80).join("\n")}`);
+    throw error;
+  } finally {
+    for (const device of devices) await device.end();
+    await doppel?.stop();
+    await broker?.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The SUBACK codes for `topic`: granted QoS, or 128 when refused. */
+async function subscribeCodes(device: MqttDevice, topic: string): Promise<number[]> {
+  try {
+    const granted = await device.client.subscribeAsync(topic, { qos: 1 });
+    return granted.map((g) => g.qos);
+  } catch (error) {
+    const packet = (error as { packet?: { granted?: number[] } }).packet;
+    if (packet?.granted) return packet.granted;
+    throw error;
+  }
+}
+
+/** A command's status (operator view). */
+async function commandStatus(op: Operator, deviceId: string, id: string): Promise<string> {
+  return (await op.expect(200, "GET", `/api/v1/devices/${deviceId}/commands/${id}`)).status;
+}
+
+/** Online-announcing device options: the will says offline. */
+function presenceWill(id: string): IClientOptions {
+  return {
+    will: {
+      topic: `devices/${id}/presence`,
+      payload: new TextEncoder().encode(JSON.stringify({ status: "offline" })) as never,
+      qos: 1,
+      retain: false,
+    },
+  };
+}
+
+Deno.test("bridge dynsec: a registered device connects with its key, wrong keys and strangers are refused, QoS 1 telemetry lands, the ACL holds", async () => {
+  await withSystem(async ({ broker, op, device, register }) => {
+    const t1 = await register("t1");
+    const t2 = await register("t2");
+
+    assert(await connectCode(broker.url, { id: "t1", key: "wrong-key" }) !== 0, "wrong key");
+    assert(await connectCode(broker.url, { id: "t1", key: t2.key }) !== 0, "another's key");
+    assert(await connectCode(broker.url, { id: "nobody", key: t1.key }) !== 0, "unknown device");
+
+    const c1 = await device(t1);
+    await c1.publish("devices/t1/telemetry", { temperature: 22.5, id: "a1" });
+    const twin = await until(async () => {
+      const twin = await op.twin("t1");
+      return twin.telemetry?.last?.temperature === 22.5 ? twin : null;
+    }, "t1's telemetry in its twin");
+    assertEquals(twin.telemetry.last, { temperature: 22.5 });
+
+    // Its own topics may be subscribed; another device's may not.
+    assertEquals(await subscribeCodes(c1, "devices/t1/twin/desired"), [1]);
+    assertEquals(await subscribeCodes(c1, "devices/t2/#"), [128], "subscribing to t2's topics");
+    assertEquals(await subscribeCodes(c1, "devices/+/commands/+"), [128], "wildcard over devices");
+    assertEquals(await subscribeCodes(c1, "#"), [128], "everything");
+
+    // Publishing as another device is dropped by the broker: t2's twin never sees it, while t1's
+    // later message (sent after it) arrives.
+    await c1.publish("devices/t2/telemetry", { temperature: 99 });
+    await c1.publish("devices/t1/telemetry", { temperature: 23.5 });
+    await until(
+      async () => (await op.twin("t1")).telemetry?.last?.temperature === 23.5,
+      "t1's second reading",
+    );
+    const t2twin = await op.twin("t2");
+    assertEquals(t2twin.telemetry?.lastAt ?? null, null, "t2 got no telemetry");
+    assertEquals(t2twin.telemetry?.last ?? {}, {}, "t2 got no telemetry");
+
+    // A device cannot connect under another's client id with its own credentials.
+    assert(await connectCode(broker.url, t1, "t2") !== 0, "t1's credentials under client id t2");
+  });
+});
+
+Deno.test("bridge dynsec: disabling refuses the next connection at once; rotation switches the broker to the new key; deleting removes the device", async () => {
+  await withSystem(async ({ broker, op, device, register, accepted }) => {
+    /** Checks that should hold as soon as the operator's request was answered. */
+    const notAtOnce: string[] = [];
+    const refusedAtOnce = async (creds: Creds, what: string) => {
+      if (await connectCode(broker.url, creds) === 0) {
+        const started = Date.now();
+        await until(async () => (await connectCode(broker.url, creds)) !== 0, `${what} refused`);
+        notAtOnce.push(
+          `${what}: the first connection right after the answer was accepted; refused only ` +
+            `${Date.now() - started} ms later`,
+        );
+      }
+    };
+
+    const d1 = await register("d1");
+    const c1 = await device(d1);
+
+    await op.expect(200, "PATCH", "/api/v1/devices/d1", { enabled: false });
+    await refusedAtOnce(d1, "disabled device");
+    await c1.when(() => !c1.client.connected, "the connected device to be disconnected", 5_000);
+
+    await op.expect(200, "PATCH", "/api/v1/devices/d1", { enabled: true });
+    await accepted(d1);
+
+    const rotated = await op.expect(200, "POST", "/api/v1/devices/d1/keys");
+    const fresh: Creds = { id: "d1", key: rotated.key };
+    assert(fresh.key && fresh.key !== d1.key, "a new key");
+    await accepted(fresh);
+    const c2 = await device(fresh);
+    await c2.publish("devices/d1/telemetry", { temperature: 30 });
+    await until(
+      async () => (await op.twin("d1")).telemetry?.last?.temperature === 30,
+      "telemetry sent with the new key",
+    );
+
+    const res = await op.request("DELETE", "/api/v1/devices/d1");
+    assertEquals(res.status, 204);
+    await refusedAtOnce(fresh, "deleted device");
+    await c2.when(() => !c2.client.connected, "the deleted device to be disconnected", 5_000);
+    assert(await connectCode(broker.url, fresh) !== 0, "the deleted device stays refused");
+    assert(await connectCode(broker.url, d1) !== 0, "with its first key too");
+
+    assertEquals(notAtOnce, [], "disabled and deleted devices are refused at once (CONTRACT)");
+  });
+});
+
+Deno.test("bridge presence: announcing online brings desired catch-up and queued commands; results round-trip; the will marks it offline", async () => {
+  await withSystem(async ({ op, device, register }) => {
+    await register("p1");
+    const creds = await register("p1b");
+    // While p1b is offline: a desired change and a queued command.
+    await op.expect(200, "PATCH", "/api/v1/twins/p1b/desired", { targetTemperature: 21 });
+    const queued = await op.expect(202, "POST", "/api/v1/devices/p1b/commands", {
+      name: "cool",
+      payload: { targetTemperature: 20 },
+    });
+    assertEquals(queued.status, "queued");
+    assertEquals((await op.twin("p1b")).connection.status, "never");
+
+    const c = await device(creds, { clean: false, ...presenceWill("p1b") });
+    await c.client.subscribeAsync(["devices/p1b/twin/desired", "devices/p1b/commands/+"], {
+      qos: 1,
+    });
+    // Nothing is pushed before the device announces itself.
+    await c.publish("devices/p1b/presence", { status: "online" });
+
+    const catchUp = await c.message((t) => t === "devices/p1b/twin/desired", "twin/desired");
+    const update = catchUp.body as { patch: Record<string, unknown>; version: number };
+    assertEquals(update.patch, { targetTemperature: 21 });
+    assert(typeof update.version === "number" && update.version >= 2, JSON.stringify(update));
+
+    const first = await c.message(
+      (t) => t === `devices/p1b/commands/${queued.id}`,
+      "the queued command",
+    );
+    const body = first.body as Record<string, unknown>;
+    assertEquals(body.name, "cool");
+    assertEquals(body.payload, { targetTemperature: 20 });
+    assert(typeof body.expiresAt === "string", JSON.stringify(body));
+    await until(
+      async () => (await commandStatus(op, "p1b", queued.id)) === "delivered",
+      "the queued command to be delivered",
+    );
+    const online = await until(async () => {
+      const twin = await op.twin("p1b");
+      return twin.connection.status === "online" ? twin : null;
+    }, "p1b online");
+    assertEquals(online.connection.status, "online");
+
+    // The device answers the queued command.
+    await c.publish(`devices/p1b/commands/${queued.id}/result`, {
+      status: "succeeded",
+      result: { done: 1 },
+    });
+    await until(
+      async () => (await commandStatus(op, "p1b", queued.id)) === "succeeded",
+      "the first command to succeed",
+    );
+
+    // Round trip: the operator waits while the device is handed the command and answers it.
+    const from = c.messages.length;
+    const waiting = op.request("POST", "/api/v1/devices/p1b/commands?wait=10", {
+      name: "cool",
+      payload: { targetTemperature: 19 },
+    });
+    const live = await c.message(
+      (t) => t.startsWith("devices/p1b/commands/") && !t.endsWith(queued.id),
+      "the live command",
+      from,
+    );
+    const liveId = live.topic.split("/").pop()!;
+    await c.publish(`devices/p1b/commands/${liveId}/result`, {
+      status: "failed",
+      result: { reason: "busy" },
+    });
+    const answered = await waiting;
+    assertEquals(answered.status, 200, JSON.stringify(answered.body));
+    assertEquals(answered.body.id, liveId);
+    assertEquals(answered.body.status, "failed");
+    assertEquals(answered.body.result, { reason: "busy" });
+
+    // A live desired change is pushed too.
+    const before = c.messages.length;
+    await op.expect(200, "PATCH", "/api/v1/twins/p1b/desired", { targetTemperature: 23 });
+    const pushed = await c.message((t) => t === "devices/p1b/twin/desired", "live desired", before);
+    assertEquals((pushed.body as { patch: unknown }).patch, { targetTemperature: 23 });
+
+    // The connection is lost without DISCONNECT: the broker publishes the will.
+    c.client.stream.destroy();
+    await until(
+      async () => (await op.twin("p1b")).connection.status === "offline",
+      "p1b offline after its will",
+    );
+  });
+});
+
+Deno.test("bridge with the mosquitto CLI: mosquitto_pub telemetry lands in the twin, mosquitto_sub -C 1 receives a command", async () => {
+  await withSystem(async ({ broker, op, register }) => {
+    const d = await register("cli1");
+    const common = [
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(broker.port),
+      "-i",
+      d.id,
+      "-u",
+      d.id,
+      "-P",
+      d.key,
+    ];
+    const pub = await run("mosquitto_pub", [
+      ...common,
+      "-q",
+      "1",
+      "-t",
+      "devices/cli1/telemetry",
+      "-m",
+      JSON.stringify({ temperature: 27.5, id: "cli-1" }),
+    ]);
+    assertEquals(pub.code, 0, pub.stderr);
+    await until(
+      async () => (await op.twin("cli1")).telemetry?.last?.temperature === 27.5,
+      "mosquitto_pub's reading in the twin",
+    );
+
+    const bad = await run("mosquitto_pub", [
+      ...common.slice(0, -1),
+      "wrong-key",
+      "-q",
+      "1",
+      "-t",
+      "devices/cli1/telemetry",
+      "-m",
+      JSON.stringify({ temperature: 1 }),
+    ]);
+    assert(bad.code !== 0, "a wrong key is refused");
+
+    // The device keeps a persistent session (-c) subscribed to its commands, announces itself
+    // (mosquitto_pub disconnects cleanly: no will, it stays online) and goes away; a command
+    // sent meanwhile waits in its session at the broker, and mosquitto_sub -C 1 gets it.
+    const persistent = [...common, "-c", "-q", "1"];
+    const subscribe = await run("mosquitto_sub", [
+      ...persistent,
+      "-t",
+      "devices/cli1/commands/+",
+      "-E",
+    ]);
+    assertEquals(subscribe.code, 0, subscribe.stderr);
+    const announce = await run("mosquitto_pub", [
+      ...persistent,
+      "-t",
+      "devices/cli1/presence",
+      "-m",
+      JSON.stringify({ status: "online" }),
+    ]);
+    assertEquals(announce.code, 0, announce.stderr);
+    await until(
+      async () => (await op.twin("cli1")).connection.status === "online",
+      "cli1 online",
+    );
+    const command = await op.expect(202, "POST", "/api/v1/devices/cli1/commands", {
+      name: "cool",
+      payload: { targetTemperature: 18 },
+    });
+    // Delivered = the broker acknowledged it into the device's persistent session.
+    await until(
+      async () => (await commandStatus(op, "cli1", command.id)) === "delivered",
+      "the command to be delivered",
+    );
+    const sub = await run("mosquitto_sub", [
+      ...persistent,
+      "-t",
+      "devices/cli1/commands/+",
+      "-C",
+      "1",
+      "-v",
+      "-W",
+      "10",
+    ]);
+    assertEquals(sub.code, 0, sub.stderr);
+    const match = /^devices\/cli1\/commands\/(\S+) (.*)$/.exec(sub.stdout.trim());
+    assert(match, `mosquitto_sub printed ${JSON.stringify(sub.stdout)}`);
+    assertEquals(match[1], command.id);
+    const body = JSON.parse(match[2]);
+    assertEquals(body.name, "cool");
+    assertEquals(body.payload, { targetTemperature: 18 });
+
+    // The result goes back with mosquitto_pub.
+    const result = await run("mosquitto_pub", [
+      ...common,
+      "-q",
+      "1",
+      "-t",
+      `devices/cli1/commands/${command.id}/result`,
+      "-m",
+      JSON.stringify({ status: "succeeded", result: { cooled: true } }),
+    ]);
+    assertEquals(result.code, 0, result.stderr);
+    const done = await until(async () => {
+      const c = await op.expect(200, "GET", `/api/v1/devices/cli1/commands/${command.id}`);
+      return c.status === "succeeded" ? c : null;
+    }, "the command to succeed");
+    assertEquals(done.result, { cooled: true });
+  });
+});
+
+Deno.test("bridge dynsec: a device disabled right after it was registered is refused by the broker", async () => {
+  await withSystem(async ({ broker, op }) => {
+    const creds = await op.register("quick", "thermostat");
+    await op.expect(200, "PATCH", "/api/v1/devices/quick", { enabled: false });
+    // Whatever order the two syncs run in, the broker must end up refusing the device.
+    await until(
+      async () => (await connectCode(broker.url, creds)) !== 0,
+      "the broker to refuse the disabled device",
+      5_000,
+    );
+    const device = await op.expect(200, "GET", "/api/v1/devices/quick");
+    assertEquals(device.enabled, false);
+  });
+});
+
+Deno.test("bridge: restarting Doppel leaves devices connected to the broker, and the bridge serves them again", async () => {
+  await withSystem(async (system) => {
+    const creds = await system.register("stay1");
+    const c = await system.device(creds);
+    await system.restartDoppel();
+    await system.doppel.waitFor(/Broker credentials reconciled for 1 devices/);
+    await c.publish("devices/stay1/telemetry", { temperature: 17 });
+    await until(
+      async () => (await system.op.twin("stay1")).telemetry?.last?.temperature === 17,
+      "telemetry through the restarted bridge",
+    );
+    assert(c.client.connected, "the device is still connected after Doppel restarted");
+    assertEquals(c.connects, 1, "and never had to reconnect");
+  });
+});
