@@ -16,7 +16,7 @@ import { createMqttEndpoint, type MqttEndpoint } from "./transports/mqtt_embedde
 import { SessionHub, type SessionOptions } from "./transports/sessions.ts";
 import { websocketStream } from "./transports/ws_stream.ts";
 import { TwinRuntime, type TwinRuntimeOptions } from "./twin/runtime.ts";
-import { deviceApi } from "./web/device_api.ts";
+import { deviceApi, fastTelemetry, isFastTelemetry } from "./web/device_api.ts";
 import { errorResponse } from "./web/http.ts";
 import { operatorApi } from "./web/operator_api.ts";
 import { commandWaiter, type Services } from "./web/services.ts";
@@ -43,15 +43,17 @@ export interface AppDeps {
   runtime?: Partial<
     Pick<
       TwinRuntimeOptions,
-      "maxActivations" | "idleMs" | "batcher" | "randomId" | "httpTimeoutMs"
+      "maxActivations" | "idleMs" | "batcher" | "randomId" | "httpTimeoutMs" | "history"
     >
   >;
 }
 
 /** A running app. */
 export interface Doppel {
-  /** The Hono app: pass `app.fetch` to a server, or call `app.request()` in tests. */
+  /** The Hono app: call `app.request()` in tests. */
   app: Hono;
+  /** What a server serves: the app, with the hottest device route taken straight. */
+  fetch(request: Request): Response | Promise<Response>;
   /** The twin runtime. */
   runtime: TwinRuntime;
   /** The device registry. */
@@ -162,6 +164,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
 
   return {
     app,
+    fetch: (request) =>
+      isFastTelemetry(request) ? fastTelemetry(services, request) : app.fetch(request),
     runtime,
     registry,
     createdAdminToken: created,

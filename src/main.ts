@@ -123,7 +123,7 @@ async function main(): Promise<void> {
         kinds: [...kinds.keys()],
       });
     },
-  }, doppel.app.fetch);
+  }, doppel.fetch);
   let stopping = false;
   let mqttServer: Server | undefined;
   if (config.mqttPort !== 0 && doppel.mqtt) {

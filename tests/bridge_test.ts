@@ -10,7 +10,6 @@
 import { assert, assertEquals } from "./assert.ts";
 import { Mosquitto } from "./mosquitto.ts";
 import {
-  applied,
   connectCode,
   connectDevice,
   type Creds,
@@ -18,14 +17,20 @@ import {
   MqttDevice,
   Operator,
   run,
+  settle,
   until,
   writeKinds,
 } from "./real_process.ts";
 import type { IClientOptions } from "mqtt";
 
 const TOKEN = "bridge-test-admin-token-0123456789";
-/** Bridge connections Doppel opens (MQTT_BRIDGE_CONNECTIONS). */
-const CONNECTIONS = 3;
+/** How Doppel's bridge is set up. */
+interface BridgeSetup {
+  /** MQTT_BRIDGE_CONNECTIONS (default 3). */
+  connections?: number;
+  /** MQTT_BRIDGE_GROUP (default: Doppel's own, "doppel": shared subscriptions). */
+  group?: string;
+}
 
 /** A running broker, Doppel bridging to it, and the devices a test opened. */
 interface System {
@@ -41,12 +46,18 @@ interface System {
    * with `enableClient` (Mosquitto logs each dynsec command), and the broker accepts the key.
    */
   register(id: string, kind?: string): Promise<Creds>;
+  /** Bridge connections Doppel opens. */
+  connections: number;
   /** Kills Doppel (SIGKILL) and starts it again on the same KV; waits for the bridge to be up. */
   restartDoppel(): Promise<DoppelProcess>;
 }
 
 /** Starts Mosquitto and Doppel in bridge mode, runs `fn`, and always tears everything down. */
-async function withSystem(fn: (s: System) => Promise<void>): Promise<void> {
+async function withSystem(
+  fn: (s: System) => Promise<void>,
+  setup: BridgeSetup = {},
+): Promise<void> {
+  const connections = setup.connections ?? 3;
   const dir = await Deno.makeTempDir({ prefix: "doppel_bridge_test_" });
   const devices = new Set<MqttDevice>();
   let broker: Mosquitto | undefined;
@@ -64,11 +75,12 @@ async function withSystem(fn: (s: System) => Promise<void>): Promise<void> {
         MQTT_URL: url,
         MQTT_DYNSEC: "1",
         MQTT_BRIDGE_ID: "doppel-bridge-test",
-        MQTT_BRIDGE_CONNECTIONS: String(CONNECTIONS),
+        MQTT_BRIDGE_CONNECTIONS: String(connections),
+        ...(setup.group === undefined ? {} : { MQTT_BRIDGE_GROUP: setup.group }),
       });
       try {
         await started.waitFor(/Broker credentials reconciled for \d+ devices/);
-        for (let i = 0; i < CONNECTIONS; i++) {
+        for (let i = 0; i < connections; i++) {
           await started.waitFor(new RegExp(`Bridge connection doppel-bridge-test-${i} is up`));
         }
       } catch (error) {
@@ -82,6 +94,7 @@ async function withSystem(fn: (s: System) => Promise<void>): Promise<void> {
     const b = broker;
     const system: System = {
       broker: b,
+      connections,
       doppel,
       op,
       async device(creds, extra = {}) {
@@ -116,6 +129,13 @@ async function withSystem(fn: (s: System) => Promise<void>): Promise<void> {
       /dynsec|administrative|Error|Warning|running|terminating|as doppel-bridge/.test(line)
     );
     console.error(`--- mosquitto log (notable lines) ---\n${notable.slice(-80).join("\n")}`);
+    // DOPPEL_TEST_LOGS=<folder> keeps the whole logs of a failed test.
+    const keep = Deno.env.get("DOPPEL_TEST_LOGS");
+    if (keep) {
+      await Deno.mkdir(keep, { recursive: true });
+      await Deno.writeTextFile(`${keep}/doppel.log`, doppel?.lines.join("\n") ?? "");
+      await Deno.writeTextFile(`${keep}/mosquitto.log`, broker?.log() ?? "");
+    }
     throw error;
   } finally {
     for (const device of devices) await device.end();
@@ -471,4 +491,101 @@ Deno.test("bridge: restarting Doppel leaves devices connected to the broker, and
     assert(c.client.connected, "the device is still connected after Doppel restarted");
     assertEquals(c.connects, 1, "and never had to reconnect");
   });
+});
+
+/**
+ * Devices stream QoS 1 telemetry with unique ids while Mosquitto is restarted (SIGTERM, then
+ * started again on the same port and persistence folder); devices and bridge reconnect by
+ * themselves. Every message Mosquitto acknowledged must be applied exactly once.
+ */
+async function brokerRestartMidStream(system: System): Promise<void> {
+  const { broker, doppel } = system;
+  const DEVICES = 4;
+  const PER_DEVICE = 150;
+  /** QoS 1 publishes each device keeps in flight. */
+  const WINDOW = 8;
+  /** Broker PUBACKs (all devices) after which Mosquitto is restarted. */
+  const RESTART_AFTER = 150;
+  const creds: Creds[] = [];
+  for (let i = 0; i < DEVICES; i++) creds.push(await system.register(`r${i}`, "counter"));
+  const devices = await Promise.all(
+    creds.map((c) =>
+      system.device(c, { clean: false, reconnectPeriod: 100, connectTimeout: 3_000 })
+    ),
+  );
+
+  const acked = creds.map(() => new Set<number>());
+  let total = 0;
+  let restart: Promise<void> | undefined;
+  let ackedAtStop = -1;
+  let doppelMark = 0;
+  let brokerStopped: Deno.CommandStatus | undefined;
+  const restartBroker = async () => {
+    doppelMark = doppel.lines.length;
+    brokerStopped = await broker.stop();
+    ackedAtStop = total;
+    await broker.start();
+  };
+  const send = async (i: number, seq: number) => {
+    const device = devices[i];
+    for (let attempt = 1;; attempt++) {
+      try {
+        await device.client.publishAsync(
+          `devices/r${i}/telemetry`,
+          JSON.stringify({ id: `m${seq}`, seq }),
+          { qos: 1 },
+        );
+        break;
+      } catch (error) {
+        // mqtt.js fails a publish caught in a connection loss while it was resending: send it
+        // again (same id) once connected, as a device would.
+        if (attempt >= 20) throw error;
+        await device.when(() => device.client.connected, "reconnection", 20_000);
+      }
+    }
+    acked[i].add(seq);
+    total++;
+    if (total >= RESTART_AFTER && !restart) restart = restartBroker();
+  };
+  await Promise.all(devices.map(async (_, i) => {
+    let next = 1;
+    await Promise.all(Array.from({ length: WINDOW }, async () => {
+      while (next <= PER_DEVICE) await send(i, next++);
+    }));
+  }));
+  assert(restart, "the broker was restarted");
+  await restart;
+  assertEquals(brokerStopped?.success, true, "Mosquitto stopped cleanly on SIGTERM");
+  assert(
+    ackedAtStop < DEVICES * PER_DEVICE,
+    `the broker went down mid-stream (${ackedAtStop} of ${DEVICES * PER_DEVICE} acknowledged)`,
+  );
+  for (const device of devices) assert(device.connects >= 2, "each device reconnected");
+
+  // The bridge reconnected by itself, to its persistent sessions, in the same Doppel process.
+  for (let i = 0; i < system.connections; i++) {
+    await doppel.waitFor(
+      new RegExp(`Bridge connection doppel-bridge-test-${i} is up.*"sessionPresent":true`),
+      20_000,
+      doppelMark,
+    );
+  }
+  assert(doppel.running, "Doppel was not restarted");
+  assert(system.doppel === doppel, "Doppel was not restarted");
+
+  // Every acknowledged message arrives, each applied once.
+  const missing = await settle(system.op, "r", acked, 10_000);
+  assertEquals(missing.lost, [], "every message Mosquitto acknowledged reached its twin");
+  assertEquals(missing.twice, [], "desired.n equals the distinct messages (none applied twice)");
+  for (let i = 0; i < DEVICES; i++) {
+    assertEquals(acked[i].size, PER_DEVICE, `r${i}: every message was acknowledged in the end`);
+  }
+}
+
+Deno.test("bridge broker restart mid-stream (shared subscriptions, the default): devices and bridge reconnect by themselves; every message Mosquitto acknowledged is applied exactly once", async () => {
+  await withSystem(brokerRestartMidStream);
+});
+
+Deno.test('bridge broker restart mid-stream without shared subscriptions (MQTT_BRIDGE_GROUP="", one connection): every message Mosquitto acknowledged is applied exactly once', async () => {
+  await withSystem(brokerRestartMidStream, { connections: 1, group: "" });
 });

@@ -502,3 +502,28 @@ export function applied(desired: Record<string, unknown>): { seqs: Set<number>; 
   }
   return { seqs, n: typeof desired.n === "number" ? desired.n : 0 };
 }
+
+/**
+ * Waits (bounded poll) until every acknowledged seq of device `${prefix}${i}` is in its counting
+ * twin; returns what is still lost and which twins applied something twice (`n` above the count).
+ */
+export async function settle(
+  op: Operator,
+  prefix: string,
+  acked: Set<number>[],
+  timeoutMs = 20_000,
+): Promise<{ lost: string[]; twice: string[] }> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const lost: string[] = [];
+    const twice: string[] = [];
+    for (let i = 0; i < acked.length; i++) {
+      const { seqs, n } = applied((await op.twin(`${prefix}${i}`)).desired);
+      const gone = [...acked[i]].filter((seq) => !seqs.has(seq));
+      if (gone.length) lost.push(`${prefix}${i}: ${gone.length} lost (m${gone.join(", m")})`);
+      if (n !== seqs.size) twice.push(`${prefix}${i}: n = ${n} for ${seqs.size} distinct`);
+    }
+    if (!lost.length || Date.now() > deadline) return { lost, twice };
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -39,12 +39,12 @@ export default defineTwin({
 
   handlers: {
     onTelemetry(ctx, reading) {
-      const max = (ctx.twin.desired.maxTemperature as number | undefined) ??
+      const max = (ctx.desired.maxTemperature as number | undefined) ??
         DEFAULT_MAX_TEMPERATURE;
       if (reading.temperature <= max) return;
       const lastCoolAt = (ctx.memory.lastCoolAt as number | undefined) ?? 0;
       if (ctx.now - lastCoolAt < COOL_INTERVAL_MS) return;
-      const target = (ctx.twin.desired.targetTemperature as number | undefined) ?? max - 5;
+      const target = (ctx.desired.targetTemperature as number | undefined) ?? max - 5;
       ctx.sendCommand("cool", { targetTemperature: Math.min(35, Math.max(5, target)) }, {
         ttl: 300,
         timeout: 60,

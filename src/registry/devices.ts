@@ -7,12 +7,15 @@ import { z } from "zod";
 import type { Clock } from "../clock.ts";
 import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { deletePrefix, devicePrefixes, keys } from "../storage/keys.ts";
-import { encodeTwin, loadTwin } from "../storage/twin_store.ts";
+import { encodeTwin, headParts, loadTwin } from "../storage/twin_store.ts";
 import { applyMergePatch, type JsonObject } from "../twin/json.ts";
-import { type Connection, newTwinRecord, type TwinRecord } from "../twin/state.ts";
+import { type Connection, newTwinRecord, type TwinRecord, upgradeRecord } from "../twin/state.ts";
 import { zodIssues } from "../twin/turn.ts";
 import { type KeyVault, randomSecret, timingSafeEqual } from "./secrets.ts";
 import type { AlarmRecord } from "../rules/alarms.ts";
+
+/** How long a device record read for authentication is trusted (ms). */
+export const AUTH_CACHE_MS = 1000;
 
 /** Device ids: safe in URLs and MQTT topics. */
 export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -117,6 +120,7 @@ export class Registry {
   #vault: KeyVault;
   #kinds: ReadonlySet<string>;
   #onChange: RegistryOptions["onChange"];
+  #authCache = new Map<string, { device: DeviceRecord; at: number }>();
 
   /** Creates a registry. */
   constructor(options: RegistryOptions) {
@@ -192,7 +196,7 @@ export class Registry {
     if (!result.ok) {
       throw new DoppelError("conflict", `Device ${id} already exists.`);
     }
-    this.#onChange?.({ type: "registered", device, key });
+    this.#changed({ type: "registered", device, key });
     return { device: toPublic(device), key };
   }
 
@@ -296,7 +300,7 @@ export class Registry {
         if (device.tags[tag] !== value) atomic.set(keys.devicesByTag(tag, value, id), null);
       }
       if ((await atomic.commit()).ok) {
-        this.#onChange?.({ type: "updated", device: next });
+        this.#changed({ type: "updated", device: next });
         return this.describe(id);
       }
     }
@@ -316,7 +320,7 @@ export class Registry {
         updatedAt: at,
       };
       if ((await this.#kv.atomic().check(entry).set(keys.device(id), next).commit()).ok) {
-        this.#onChange?.({ type: "key_rotated", device: next, key });
+        this.#changed({ type: "key_rotated", device: next, key });
         return { device: toPublic(next), key };
       }
     }
@@ -348,7 +352,7 @@ export class Registry {
     if (!(await atomic.commit()).ok) {
       throw new DoppelError("conflict", `Device ${id} changed while being deleted; try again.`);
     }
-    this.#onChange?.({ type: "deleted", device });
+    this.#changed({ type: "deleted", device });
     // Alarm indexes point at the device's alarms: remove them with the alarms.
     for await (const entry of this.#kv.list<AlarmRecord>({ prefix: keys.alarms(id) })) {
       const alarm = entry.value;
@@ -365,7 +369,7 @@ export class Registry {
    * so ids cannot be probed); a disabled device is `forbidden`.
    */
   async authenticate(id: string, key: string): Promise<DeviceRecord> {
-    const device = DEVICE_ID.test(id) ? await this.get(id) : null;
+    const device = DEVICE_ID.test(id) ? await this.#cached(id) : null;
     let match = false;
     for (const stored of device?.keys ?? []) {
       // Every stored key is compared, so timing does not tell which one matched.
@@ -378,6 +382,27 @@ export class Registry {
     return device;
   }
 
+  /**
+   * The device for authentication, from a short-lived cache: changes made through this registry
+   * apply at once; changes made by another process within {@link AUTH_CACHE_MS}.
+   */
+  async #cached(id: string): Promise<DeviceRecord | null> {
+    const now = performance.now();
+    const hit = this.#authCache.get(id);
+    if (hit && now - hit.at < AUTH_CACHE_MS) return hit.device;
+    const device = await this.get(id);
+    if (device) {
+      if (this.#authCache.size >= 100_000) this.#authCache.clear();
+      this.#authCache.set(id, { device, at: now });
+    } else this.#authCache.delete(id);
+    return device;
+  }
+
+  #changed(event: RegistryEvent): void {
+    this.#authCache.delete(event.device.id);
+    this.#onChange?.(event);
+  }
+
   async #require(id: string): Promise<DeviceRecord> {
     const device = await this.get(id);
     if (!device) throw notFound(id);
@@ -388,14 +413,17 @@ export class Registry {
     if (ids.length === 0) return [];
     const [devices, heads] = await Promise.all([
       this.#kv.getMany<DeviceRecord[]>(ids.map((id) => keys.device(id))),
-      this.#kv.getMany<{ json: string }[]>(ids.map((id) => keys.twin(id))),
+      this.#kv.getMany<Parameters<typeof headParts>[0][]>(ids.map((id) => keys.twin(id))),
     ]);
     const out: Array<{ device: DeviceRecord; twin?: TwinRecord }> = [];
     devices.forEach((entry, i) => {
       if (entry.value === null) return;
       const head = heads[i].value;
       let twin: TwinRecord | undefined;
-      if (head) twin = head.json.length < 30_000 ? JSON.parse(head.json) : undefined;
+      if (head) {
+        const { json, chunks } = headParts(head);
+        if (chunks === 1) twin = upgradeRecord(JSON.parse(json));
+      }
       out.push({ device: entry.value, twin });
     });
     // Twins too large for one chunk are rare; read them whole.

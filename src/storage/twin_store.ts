@@ -10,12 +10,20 @@ import { keys } from "./keys.ts";
 /** Characters per chunk: a string of two-byte characters stays under KV's 64 KiB value cap. */
 const CHUNK_CHARS = 30_000;
 
-/** The head entry's value. */
-interface Head {
-  /** JSON text of the record, or its first chunk. */
+/**
+ * The head entry's value: the record's JSON text when it fits in one value (most do; a plain
+ * string is the cheapest value to store), else its first chunk and the number of chunks.
+ */
+type Head = string | {
+  /** JSON text of the record's first chunk. */
   json: string;
   /** Chunks in all, counting this one. */
   chunks: number;
+};
+
+/** The JSON text in a head and how many chunks the record has. */
+export function headParts(head: Head): { json: string; chunks: number } {
+  return typeof head === "string" ? { json: head, chunks: 1 } : head;
 }
 
 /** A record read from KV with its head's versionstamp. */
@@ -31,16 +39,17 @@ export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | nu
   for (;;) {
     const head = await kv.get<Head>(keys.twin(id));
     if (head.versionstamp === null) return null;
-    if (head.value.chunks <= 1) {
-      return { state: upgradeRecord(JSON.parse(head.value.json)), versionstamp: head.versionstamp };
+    const { json, chunks: count } = headParts(head.value);
+    if (count <= 1) {
+      return { state: upgradeRecord(JSON.parse(json)), versionstamp: head.versionstamp };
     }
     // Read the head again with its chunks in consistent snapshots of 10 keys; if the head moved
     // meanwhile, start over.
-    const parts = [head.value.json];
+    const parts = [json];
     let moved = false;
-    for (let i = 1; i < head.value.chunks && !moved; i += 9) {
+    for (let i = 1; i < count && !moved; i += 9) {
       const wanted: [Deno.KvKey, ...Deno.KvKey[]] = [keys.twin(id)];
-      for (let j = i; j < Math.min(i + 9, head.value.chunks); j++) {
+      for (let j = i; j < Math.min(i + 9, count); j++) {
         wanted.push(keys.twinChunk(id, j));
       }
       const [again, ...chunks] = await kv.getMany<unknown[]>(wanted);
@@ -68,7 +77,7 @@ export function encodeTwin(
   const mutations: Deno.KvMutation[] = [{
     type: "set",
     key: keys.twin(record.id),
-    value: { json: json.slice(0, CHUNK_CHARS), chunks } satisfies Head,
+    value: (chunks === 1 ? json : { json: json.slice(0, CHUNK_CHARS), chunks }) satisfies Head,
   }];
   for (let i = 1; i < chunks; i++) {
     mutations.push({
@@ -80,9 +89,8 @@ export function encodeTwin(
   for (let i = chunks; i < previousChunks; i++) {
     mutations.push({ type: "delete", key: keys.twinChunk(record.id, i) });
   }
-  // deno-lint-ignore no-control-regex
-  const perChar = /^[\x00-\xff]*$/.test(json) ? 1 : 2;
-  return { mutations, bytes: json.length * perChar + 64 * chunks, chunks };
+  // Bytes are for the batcher's size cap: count two per character, as for a two-byte string.
+  return { mutations, bytes: json.length * 2 + 64 * chunks, chunks };
 }
 
 /** How many chunks the stored form of `record` takes. */

@@ -22,6 +22,10 @@ export interface CommandOptions {
 export interface TwinContext {
   /** The twin as it stands, before this handler's own changes. */
   readonly twin: Readonly<PublicTwin>;
+  /** Desired state (cheaper than `twin.desired`, which builds the whole document). */
+  readonly desired: Readonly<JsonObject>;
+  /** Reported state. */
+  readonly reported: Readonly<JsonObject>;
   /** The kind's private memory, persisted with the twin; replace it with {@link setMemory}. */
   readonly memory: Readonly<JsonObject>;
   /** The turn's time, in milliseconds since the epoch. */

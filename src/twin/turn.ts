@@ -242,7 +242,11 @@ export function runTurn(
 
 type Draft = {
   state: TwinRecord;
+  /** Whether `state` is this message's own copy, safe to assign to in place. */
+  owned: boolean;
+  /** Replaced, never changed in place, so a checkpoint can keep the old one. */
   commands: Map<number, CommandRecord>;
+  /** Replaced, never changed in place. */
   alarms: Map<string, AlarmWrite>;
   messageIds: string[];
   idempotency: Array<[string, string]>;
@@ -256,14 +260,16 @@ class Turn {
   #reads: TurnReads;
   #env: TurnEnv;
   #staleTimer: number | null = null;
-  #seen = new Set<string>();
-  #idem = new Map<string, CommandRecord>();
-  #history: HistoryWriter;
+  #seen: Set<string> | undefined;
+  #idem: Map<string, CommandRecord> | undefined;
+  #history: HistoryWriter | undefined;
+  #nowIso: string;
 
   constructor(record: TwinRecord, reads: TurnReads, env: TurnEnv) {
-    this.#history = new HistoryWriter(record.id, reads.rollupChunks ?? new Map());
+    this.#nowIso = new Date(env.now).toISOString();
     this.#draft = {
       state: record,
+      owned: false,
       commands: new Map(),
       alarms: new Map(),
       messageIds: [],
@@ -278,16 +284,24 @@ class Turn {
 
   /** Applies one message on a copy of the draft; the copy is kept only if it succeeds. */
   apply(message: TwinMessage): Reply {
-    const saved = this.#draft;
-    const draft = copyDraft(saved);
-    this.#draft = draft;
+    const draft = this.#draft;
+    const saved = checkpoint(draft);
     try {
       const value = this.#dispatch(draft, message);
       return { ok: true, value };
     } catch (error) {
-      this.#draft = saved;
+      rollback(draft, saved);
       if (error instanceof DoppelError) return { ok: false, error };
       throw error;
+    }
+  }
+
+  /** Sets fields of the draft's record, copying it first if this message has not yet. */
+  #update(draft: Draft, fields: Partial<TwinRecord>): void {
+    if (draft.owned) Object.assign(draft.state, fields);
+    else {
+      draft.state = { ...draft.state, ...fields };
+      draft.owned = true;
     }
   }
 
@@ -314,8 +328,8 @@ class Turn {
         events: draft.events,
         staleTimer: this.#staleTimer,
         alarms: [...draft.alarms.values()],
-        rawChunks: this.#history.raw,
-        rollupChunks: [...this.#history.rollups.values()],
+        rawChunks: this.#history?.raw ?? [],
+        rollupChunks: [...(this.#history?.rollups.values() ?? [])],
       },
       notices: draft.notices,
     };
@@ -358,10 +372,9 @@ class Turn {
       }
       case "desired.ack":
         if (message.version > draft.state.desiredAcked) {
-          draft.state = {
-            ...draft.state,
+          this.#update(draft, {
             desiredAcked: Math.min(message.version, draft.state.version),
-          };
+          });
           draft.changed = true;
         }
         return { acked: draft.state.desiredAcked };
@@ -373,11 +386,10 @@ class Turn {
   #httpActivity(draft: Draft): void {
     const now = this.#env.now;
     const timeout = this.#env.httpTimeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS;
-    draft.state = {
-      ...draft.state,
+    this.#update(draft, {
       presence: { ...draft.state.presence, httpUntil: now + timeout },
       connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
-    };
+    });
     draft.changed = true;
     this.#settlePresence(draft, "http");
   }
@@ -388,8 +400,7 @@ class Turn {
   ): SessionOpened {
     const now = this.#env.now;
     const state = draft.state;
-    draft.state = {
-      ...state,
+    this.#update(draft, {
       presence: {
         ...state.presence,
         sessions: {
@@ -403,7 +414,7 @@ class Turn {
         },
       },
       connection: { ...state.connection, lastSeenAt: new Date(now).toISOString() },
-    };
+    });
     draft.changed = true;
     this.#settlePresence(draft, "connect", message.transport);
     this.#expire(draft);
@@ -417,8 +428,7 @@ class Turn {
     const session = draft.state.presence.sessions[sessionId];
     if (!session) return { renewed: false };
     const now = this.#env.now;
-    draft.state = {
-      ...draft.state,
+    this.#update(draft, {
       presence: {
         ...draft.state.presence,
         sessions: {
@@ -426,7 +436,7 @@ class Turn {
           [sessionId]: { ...session, leaseUntil: now + leaseMs },
         },
       },
-    };
+    });
     draft.changed = true;
     return { renewed: true };
   }
@@ -436,11 +446,10 @@ class Turn {
     const sessions = { ...draft.state.presence.sessions };
     const transport = sessions[sessionId].transport;
     delete sessions[sessionId];
-    draft.state = {
-      ...draft.state,
+    this.#update(draft, {
       presence: { ...draft.state.presence, sessions },
       connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
-    };
+    });
     draft.changed = true;
     this.#settlePresence(draft, reason, transport);
     return { closed: true };
@@ -455,11 +464,11 @@ class Turn {
   #applyFiring(draft: Draft, rule: Rule, firing: Firing): void {
     const before = draft.state.rules[rule.name];
     if (before !== firing.state) {
-      draft.state = { ...draft.state, rules: { ...draft.state.rules, [rule.name]: firing.state } };
+      this.#update(draft, { rules: { ...draft.state.rules, [rule.name]: firing.state } });
       draft.changed = true;
     }
     if (!firing.change) return;
-    const saved = copyDraft(draft);
+    const saved = checkpoint(draft);
     try {
       const type = rule.alarm?.type ?? rule.name;
       if (firing.change === "raise") {
@@ -481,7 +490,7 @@ class Turn {
     } catch (error) {
       // A rule whose action is refused (say, a command over the pending cap) does not lose the
       // reading: its state moves on, the refusal is recorded.
-      Object.assign(draft, saved);
+      rollback(draft, saved);
       const message = error instanceof Error ? error.message : String(error);
       this.#recordEvent(draft, "rule.failed", { rule: rule.name, message });
       draft.notices.push({
@@ -563,8 +572,8 @@ class Turn {
       : change === "raised"
       ? null
       : draft.state.alarms[alarm.type]?.state ?? null;
-    draft.state = { ...draft.state, alarms };
-    draft.alarms.set(alarm.id, { alarm, previous });
+    this.#update(draft, { alarms });
+    draft.alarms = new Map(draft.alarms).set(alarm.id, { alarm, previous });
     draft.changed = true;
     this.#recordEvent(draft, `alarm.${change}`, {
       alarmId: alarm.id,
@@ -584,7 +593,7 @@ class Turn {
     const status = online ? "online" : "offline";
     const at = new Date(now).toISOString();
     const connection: Connection = { ...draft.state.connection, status, since: at, reason };
-    draft.state = { ...draft.state, connection };
+    this.#update(draft, { connection });
     draft.changed = true;
     this.#recordEvent(draft, `presence.${status}`, {
       reason,
@@ -603,13 +612,12 @@ class Turn {
       deliveredAt: new Date(now).toISOString(),
       timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
     });
-    draft.state = {
-      ...draft.state,
+    this.#update(draft, {
       commands: {
         ...draft.state.commands,
         pending: draft.state.commands.pending.map((c) => (c.id === id ? next : c)),
       },
-    };
+    });
     this.#recordCommand(draft, next);
     return next;
   }
@@ -668,37 +676,36 @@ class Turn {
     }
     let accepted = 0;
     let duplicates = 0;
-    let state = draft.state;
     for (const item of parsed) {
       if (item.id !== undefined) {
-        if (this.#reads.seenMessageIds.has(item.id) || this.#seen.has(item.id)) {
+        if (this.#reads.seenMessageIds.has(item.id) || this.#seen?.has(item.id)) {
           duplicates++;
           continue;
         }
-        this.#seen.add(item.id);
+        (this.#seen ??= new Set()).add(item.id);
         draft.messageIds.push(item.id);
       }
       accepted++;
-      const lastAt = state.telemetry.lastAt ? Date.parse(state.telemetry.lastAt) : -Infinity;
+      const telemetry = draft.state.telemetry;
+      const lastAt = telemetry.lastAt ? Date.parse(telemetry.lastAt) : -Infinity;
       // An item older than what is already shown goes to history only: `last` never goes back.
       if (item.ts >= lastAt) {
-        state = {
-          ...state,
+        this.#update(draft, {
           telemetry: {
-            last: { ...state.telemetry.last, ...item.values },
-            lastAt: new Date(item.ts).toISOString(),
+            last: { ...telemetry.last, ...item.values },
+            lastAt: item.ts === now ? this.#nowIso : new Date(item.ts).toISOString(),
           },
-        };
+        });
       }
       const numbers = numericFields(item.values);
       if (kind.history && this.#env.history !== false && numbers.length > 0) {
-        let history = state.history;
+        let history = draft.state.history;
+        this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
         for (const [metric, value] of numbers) {
           history = this.#history.add(history, metric, item.ts, value);
         }
-        state = { ...state, history };
+        this.#update(draft, { history });
       }
-      draft.state = state;
       if (kind.rules.length > 0) {
         const values = new Map(numbers);
         for (const rule of kind.rules) {
@@ -711,7 +718,6 @@ class Turn {
             onReading(rule, this.#ruleState(draft.state, rule), item.ts, value),
           );
         }
-        state = draft.state;
       }
       const onTelemetry = kind.handlers.onTelemetry;
       if (onTelemetry) {
@@ -720,13 +726,11 @@ class Turn {
           "onTelemetry",
           (ctx) => onTelemetry(ctx, { ...item.values, ts: item.ts }),
         );
-        state = draft.state;
       }
     }
-    draft.state = {
-      ...draft.state,
-      connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
-    };
+    this.#update(draft, {
+      connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
+    });
     draft.changed = true;
     return { accepted, duplicates };
   }
@@ -734,10 +738,9 @@ class Turn {
   #reported(draft: Draft, patch: unknown): { version: number } {
     const { kind } = this.#env;
     const result = this.#patchState(draft, "reported", patch, kind.reported);
-    draft.state = {
-      ...draft.state,
+    this.#update(draft, {
       connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
-    };
+    });
     draft.changed = true;
     if (result) {
       this.#runHandler(
@@ -797,19 +800,17 @@ class Turn {
     if (JSON.stringify(next) === JSON.stringify(state[part])) return null;
     const version = state.version + 1;
     const stamp = { updatedAt: new Date(this.#env.now).toISOString(), version };
-    draft.state = {
-      ...state,
+    this.#update(draft, {
       version,
       [part]: next,
       metadata: { ...state.metadata, [part]: updateMeta(state.metadata[part], patch, stamp) },
-    };
+    });
     if (part === "desired") {
       const { tombstones, horizon } = addTombstones(state.desiredTombstones, patch, version);
-      draft.state = {
-        ...draft.state,
+      this.#update(draft, {
         desiredTombstones: tombstones,
         tombstoneHorizon: Math.max(state.tombstoneHorizon, horizon),
-      };
+      });
     }
     draft.changed = true;
     draft.notices.push({
@@ -829,7 +830,7 @@ class Turn {
     message: Extract<TwinMessage, { type: "command.create" }>,
   ): { command: CommandRecord; created: boolean } {
     if (message.idempotencyKey !== undefined) {
-      const earlier = this.#idem.get(message.idempotencyKey) ??
+      const earlier = this.#idem?.get(message.idempotencyKey) ??
         this.#reads.idempotent.get(message.idempotencyKey);
       if (earlier) return { command: earlier, created: false };
     }
@@ -838,7 +839,7 @@ class Turn {
       timeout: message.timeout,
     }, "operator");
     if (message.idempotencyKey !== undefined) {
-      this.#idem.set(message.idempotencyKey, command);
+      (this.#idem ??= new Map()).set(message.idempotencyKey, command);
       draft.idempotency.push([message.idempotencyKey, command.id]);
     }
     return { command, created: true };
@@ -910,10 +911,9 @@ class Turn {
       timeout,
       history: [{ status: "queued", at }],
     };
-    draft.state = {
-      ...state,
+    this.#update(draft, {
       commands: { nextSeq: seq + 1, pending: [...state.commands.pending, command] },
-    };
+    });
     this.#recordCommand(draft, command);
     return command;
   }
@@ -933,7 +933,7 @@ class Turn {
       return next;
     });
     if (delivered.length > 0) {
-      draft.state = { ...draft.state, commands: { ...draft.state.commands, pending } };
+      this.#update(draft, { commands: { ...draft.state.commands, pending } });
     }
     return delivered;
   }
@@ -966,13 +966,12 @@ class Turn {
       ? transition(command, "delivered", now, { deliveredAt: new Date(now).toISOString() })
       : command;
     const done = transition(handed, status, now, result === undefined ? {} : { result });
-    draft.state = {
-      ...state,
+    this.#update(draft, {
       commands: {
         ...state.commands,
         pending: state.commands.pending.filter((c) => c.id !== id),
       },
-    };
+    });
     this.#recordCommand(draft, done);
     return done;
   }
@@ -983,10 +982,9 @@ class Turn {
     const { presence, expired } = expireSessions(draft.state.presence, now);
     const httpOver = presence.httpUntil !== null && presence.httpUntil <= now;
     if (expired.length > 0 || httpOver) {
-      draft.state = {
-        ...draft.state,
+      this.#update(draft, {
         presence: httpOver ? { ...presence, httpUntil: null } : presence,
-      };
+      });
       draft.changed = true;
       this.#settlePresence(draft, expired.length > 0 ? "lease expired" : "inactivity");
     }
@@ -999,13 +997,13 @@ class Turn {
   #expire(draft: Draft): number {
     const { pending, finished } = expireDue(draft.state.commands.pending, this.#env.now);
     if (finished.length === 0) return 0;
-    draft.state = { ...draft.state, commands: { ...draft.state.commands, pending } };
+    this.#update(draft, { commands: { ...draft.state.commands, pending } });
     for (const command of finished) this.#recordCommand(draft, command);
     return finished.length;
   }
 
   #recordCommand(draft: Draft, command: CommandRecord): void {
-    draft.commands.set(command.seq, command);
+    draft.commands = new Map(draft.commands).set(command.seq, command);
     draft.notices.push({ type: "command.changed", command });
     draft.changed = true;
   }
@@ -1018,7 +1016,7 @@ class Turn {
       at: new Date(this.#env.now).toISOString(),
       ...(data === undefined ? {} : { data }),
     };
-    draft.state = { ...draft.state, eventSeq: seq };
+    this.#update(draft, { eventSeq: seq });
     draft.events.push(event);
     draft.notices.push({ type: "event", deviceId: draft.state.id, event });
     draft.changed = true;
@@ -1037,6 +1035,8 @@ class Turn {
       get twin() {
         return view ??= publicTwin(before);
       },
+      desired: before.desired,
+      reported: before.reported,
       memory: before.memory,
       now: this.#env.now,
       sendCommand: (command, payload, options) =>
@@ -1053,16 +1053,16 @@ class Turn {
       clearAlarm: (type) => ops.push((d) => void this.#clearAlarm(d, type, "handler")),
       setMemory: (memory) =>
         ops.push((d) => {
-          d.state = { ...d.state, memory };
+          this.#update(d, { memory });
           d.changed = true;
         }),
     };
-    const saved = copyDraft(draft);
+    const saved = checkpoint(draft);
     try {
       call(ctx);
       for (const op of ops) op(draft);
     } catch (error) {
-      Object.assign(draft, saved);
+      rollback(draft, saved);
       const message = error instanceof Error ? error.message : String(error);
       this.#recordEvent(draft, "handler.failed", { handler: name, message });
       draft.notices.push({
@@ -1084,17 +1084,46 @@ function alarmNotOpen(alarmId: string): DoppelError {
   );
 }
 
-function copyDraft(draft: Draft): Draft {
+/** Where a draft stood, to go back to if what follows fails. */
+interface Checkpoint {
+  state: TwinRecord;
+  changed: boolean;
+  commands: Map<number, CommandRecord>;
+  alarms: Map<string, AlarmWrite>;
+  lengths: [number, number, number, number];
+}
+
+/** Marks where a draft stands; from here on its record is copied before it is changed. */
+function checkpoint(draft: Draft): Checkpoint {
+  draft.owned = false;
   return {
-    ...draft,
-    commands: new Map(draft.commands),
-    alarms: new Map(draft.alarms),
-    messageIds: [...draft.messageIds],
-    idempotency: [...draft.idempotency],
-    events: [...draft.events],
-    notices: [...draft.notices],
+    state: draft.state,
+    changed: draft.changed,
+    commands: draft.commands,
+    alarms: draft.alarms,
+    lengths: [
+      draft.messageIds.length,
+      draft.idempotency.length,
+      draft.events.length,
+      draft.notices.length,
+    ],
   };
 }
+
+/** Undoes what happened to a draft since `saved` (lists only ever grow, maps are replaced). */
+function rollback(draft: Draft, saved: Checkpoint): void {
+  draft.state = saved.state;
+  draft.owned = false;
+  draft.changed = saved.changed;
+  draft.commands = saved.commands;
+  draft.alarms = saved.alarms;
+  draft.messageIds.length = saved.lengths[0];
+  draft.idempotency.length = saved.lengths[1];
+  draft.events.length = saved.lengths[2];
+  draft.notices.length = saved.lengths[3];
+}
+
+const NO_CHUNKS: ReadonlyMap<string, RollupChunk | null> = new Map();
 
 function minDue(a: number | null, b: number | null): number | null {
   return a === null ? b : b === null ? a : Math.min(a, b);

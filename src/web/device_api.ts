@@ -7,8 +7,15 @@ import { Hono } from "hono";
 import type { CommandRecord } from "../commands/model.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import { DoppelError } from "../errors.ts";
-import { type DeviceCaller, requireDevice } from "./auth.ts";
-import { BODY_LIMITS, intParam, parseWith, readJson } from "./http.ts";
+import { basicCredentials, type DeviceCaller, requireDevice } from "./auth.ts";
+import {
+  BODY_LIMITS,
+  errorResponse,
+  intParam,
+  parseWith,
+  readJson,
+  readJsonRequest,
+} from "./http.ts";
 import { CommandResult } from "./schemas.ts";
 import type { Services } from "./services.ts";
 import { serveDeviceSocket } from "../transports/websocket.ts";
@@ -24,6 +31,48 @@ export function deviceCommand(command: CommandRecord): Record<string, unknown> {
     expiresAt: command.expiresAt,
     ...(command.timeoutAt ? { timeoutAt: command.timeoutAt } : {}),
   };
+}
+
+/** `POST /device/v1/telemetry` for an authenticated device: 202 once durable. */
+export async function postTelemetry(
+  s: Services,
+  deviceId: string,
+  request: Request,
+): Promise<Response> {
+  const body = await readJsonRequest(request, BODY_LIMITS.telemetry);
+  const result = await s.runtime.telemetry(deviceId, Array.isArray(body) ? body : [body], "http");
+  return new Response(JSON.stringify(result), {
+    status: 202,
+    headers: { "content-type": "application/json" },
+  });
+}
+
+/**
+ * The hottest route served without the router: a device posting its own telemetry. Same
+ * function, same checks and answers as through Hono, with less work per request.
+ */
+export async function fastTelemetry(s: Services, request: Request): Promise<Response> {
+  try {
+    const credentials = basicCredentials(request.headers.get("authorization") ?? undefined);
+    if (!credentials) {
+      throw new DoppelError("unauthorized", "Send device credentials as HTTP Basic deviceId:key.");
+    }
+    const device = await s.registry.authenticate(credentials[0], credentials[1]);
+    return await postTelemetry(s, device.id, request);
+  } catch (error) {
+    if (!(error instanceof DoppelError)) {
+      s.logger.log("error", "http", `POST /device/v1/telemetry failed: ${error}`);
+    }
+    return errorResponse(error);
+  }
+}
+
+/** Whether a request is one {@link fastTelemetry} serves: exactly `POST /device/v1/telemetry`. */
+export function isFastTelemetry(request: Request): boolean {
+  if (request.method !== "POST") return false;
+  const url = request.url;
+  const path = "/device/v1/telemetry";
+  return url.endsWith(path) && url.indexOf("/", url.indexOf("//") + 2) === url.length - path.length;
 }
 
 /** Routes of the device API. */
@@ -50,12 +99,10 @@ export function deviceApi(s: Services): Hono<Env> {
     return response;
   });
 
-  api.post("/telemetry", async (c) => {
-    const body = await readJson(c, BODY_LIMITS.telemetry);
-    const items = Array.isArray(body) ? body : [body];
-    const result = await s.runtime.telemetry(c.get("caller").target.id, items, "http");
-    return c.json(result, 202);
-  });
+  api.post(
+    "/telemetry",
+    async (c) => await postTelemetry(s, c.get("caller").target.id, c.req.raw),
+  );
 
   api.get("/twin", async (c) => {
     const id = c.get("caller").target.id;

@@ -19,19 +19,27 @@ export const BODY_LIMITS = {
 } as const;
 
 /** Reads a JSON body of at most `limit` bytes; a clear 4xx for anything else. */
-export async function readJson(c: Context, limit: number = BODY_LIMITS.default): Promise<unknown> {
+export function readJson(c: Context, limit: number = BODY_LIMITS.default): Promise<unknown> {
+  return readJsonRequest(c.req.raw, limit);
+}
+
+/** {@link readJson} for a plain `Request`. */
+export async function readJsonRequest(
+  request: Request,
+  limit: number = BODY_LIMITS.default,
+): Promise<unknown> {
   // Any declared type is read as JSON (curl and small devices often send none or a form type),
   // except multipart, which is certainly not JSON.
-  const type = c.req.header("content-type") ?? "";
+  const type = request.headers.get("content-type") ?? "";
   if (/^multipart\//i.test(type)) {
     throw new DoppelError(
       "unsupported_media_type",
       `Content-Type ${type} is not supported; send application/json.`,
     );
   }
-  const declared = Number(c.req.header("content-length") ?? NaN);
+  const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);
-  const body = c.req.raw.body;
+  const body = request.body;
   if (!body) throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
   const chunks: Uint8Array[] = [];
   let size = 0;

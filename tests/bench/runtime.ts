@@ -54,6 +54,8 @@ export interface RuntimeResult {
 
 /** Settings for {@link runtimeThroughput}. */
 export interface RuntimeOptions {
+  /** Keep telemetry history and rollups (default true). */
+  history?: boolean;
   /** Devices (default 10,000). */
   devices?: number;
   /** Concurrent callers (default 2,000). */
@@ -84,7 +86,10 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     secret: BENCH_SECRET,
     adminToken: "bench-admin-token-0123456789",
     logger: silentLogger,
-    runtime: options.maxInFlight ? { batcher: { maxInFlight: options.maxInFlight } } : {},
+    runtime: {
+      history: options.history ?? true,
+      ...(options.maxInFlight ? { batcher: { maxInFlight: options.maxInFlight } } : {}),
+    },
   });
   try {
     const ids = deviceIds("rt", count);
