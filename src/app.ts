@@ -11,6 +11,8 @@ import type { Logger } from "./log.ts";
 import { AdminAuth } from "./registry/admin.ts";
 import { Registry, type RegistryEvent } from "./registry/devices.ts";
 import { KeyVault } from "./registry/secrets.ts";
+import { loadVapid, PushNotifier, type Vapid } from "./push/notifier.ts";
+import type { Severity } from "./rules/alarms.ts";
 import type { TwinKind } from "./twin/kind.ts";
 import { createMqttEndpoint, type MqttEndpoint } from "./transports/mqtt_embedded.ts";
 import { SessionHub, type SessionOptions } from "./transports/sessions.ts";
@@ -39,6 +41,8 @@ export interface AppDeps {
   sessions?: SessionOptions;
   /** Runs the embedded MQTT endpoint (served by `mqtt.handle` and at `/mqtt`). */
   mqtt?: boolean;
+  /** Web push: VAPID keys (generated and kept in KV when absent), alarm severities pushed. */
+  push?: { vapid?: Partial<Vapid>; severities?: Severity[]; fetch?: typeof fetch };
   /** Runtime tuning (activation bound, idle timeout, batching). */
   runtime?: Partial<
     Pick<
@@ -62,6 +66,8 @@ export interface Doppel {
   sessions: SessionHub;
   /** The embedded MQTT endpoint, when enabled: pass TCP connections to `mqtt.handle`. */
   mqtt?: MqttEndpoint;
+  /** Web push to operators. */
+  push: PushNotifier;
   /** Adds a follower of registry changes (such as the broker bridge's credential sync). */
   observe(observer: (event: RegistryEvent) => void): void;
   /** The operator token, only when it was generated just now (print it once). */
@@ -87,10 +93,19 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     logger,
     ...deps.runtime,
   });
+  const vault = await KeyVault.fromSecret(deps.secret);
+  const push = new PushNotifier({
+    kv,
+    vapid: await loadVapid(kv, vault, deps.push?.vapid ?? {}),
+    logger,
+    severities: deps.push?.severities ?? ["critical", "major"],
+    fetch: deps.push?.fetch,
+  });
+  push.listen(bus);
   const registry = new Registry({
     kv,
     clock,
-    vault: await KeyVault.fromSecret(deps.secret),
+    vault,
     kinds: new Set(deps.kinds.keys()),
     onChange: (event) => {
       const id = event.device.id;
@@ -117,6 +132,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     runtime,
     admin,
     sessions,
+    push,
     bus,
     logger,
     shutdown: shutdown.signal,
@@ -171,6 +187,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     createdAdminToken: created,
     sessions,
     mqtt,
+    push,
     observe: (observer) => observers.push(observer),
     start: () => {
       runtime.start();
@@ -181,6 +198,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
       await sessions.close();
       await mqtt?.close();
       await runtime.close();
+      await push.close();
     },
   };
 }

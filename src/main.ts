@@ -10,6 +10,7 @@
  */
 import { createServer, type Server } from "node:net";
 import { createApp } from "./app.ts";
+import { SEVERITIES, type Severity } from "./rules/alarms.ts";
 import { type MqttBridge, startBridge } from "./transports/mqtt_bridge.ts";
 import { systemClock } from "./clock.ts";
 import { isLogLevel, jsonLogger } from "./log.ts";
@@ -78,6 +79,22 @@ async function serverSecret(config: Config, local: boolean): Promise<string> {
   return secret;
 }
 
+/** The alarm severities pushed to operators (default critical and major). */
+function pushSeverities(raw: string | undefined): Severity[] {
+  if (raw === undefined || raw.trim() === "") return ["critical", "major"];
+  const list = raw.split(",").map((s) => s.trim());
+  for (const severity of list) {
+    if (!(SEVERITIES as readonly string[]).includes(severity)) {
+      throw new Error(
+        `DOPPEL_PUSH_SEVERITIES names ${JSON.stringify(severity)}, not one of ${
+          SEVERITIES.join(", ")
+        }.`,
+      );
+    }
+  }
+  return list as Severity[];
+}
+
 function dirname(path: string): string {
   const i = path.lastIndexOf("/");
   return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
@@ -105,6 +122,14 @@ async function main(): Promise<void> {
     adminToken: config.adminToken,
     logger,
     mqtt: true,
+    push: {
+      vapid: {
+        publicKey: Deno.env.get("DOPPEL_VAPID_PUBLIC_KEY"),
+        privateKey: Deno.env.get("DOPPEL_VAPID_PRIVATE_KEY"),
+        subject: Deno.env.get("DOPPEL_VAPID_SUBJECT"),
+      },
+      severities: pushSeverities(Deno.env.get("DOPPEL_PUSH_SEVERITIES")),
+    },
   });
   if (doppel.createdAdminToken) {
     // Shown once, on first start; only its hash is kept.

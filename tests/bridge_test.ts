@@ -263,7 +263,6 @@ Deno.test("bridge dynsec: disabling refuses the next connection at once; rotatio
 
 Deno.test("bridge presence: announcing online brings desired catch-up and queued commands; results round-trip; the will marks it offline", async () => {
   await withSystem(async ({ op, device, register }) => {
-    await register("p1");
     const creds = await register("p1b");
     // While p1b is offline: a desired change and a queued command.
     await op.expect(200, "PATCH", "/api/v1/twins/p1b/desired", { targetTemperature: 21 });
@@ -278,7 +277,7 @@ Deno.test("bridge presence: announcing online brings desired catch-up and queued
     await c.client.subscribeAsync(["devices/p1b/twin/desired", "devices/p1b/commands/+"], {
       qos: 1,
     });
-    // Nothing is pushed before the device announces itself.
+    // Subscribed first, then the announcement: the bridge pushes only to announced devices.
     await c.publish("devices/p1b/presence", { status: "online" });
 
     const catchUp = await c.message((t) => t === "devices/p1b/twin/desired", "twin/desired");

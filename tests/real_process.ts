@@ -138,10 +138,15 @@ export class LineProcess {
     clearTimeout(timer);
     if (waiter) this.#waiters.delete(waiter);
     if (!match) {
+      let why = `timed out after ${timeoutMs} ms`;
+      if (this.#ended) {
+        const status = await this.child.status;
+        why = `the process ended: code ${status.code}, signal ${status.signal}`;
+      }
       throw new Error(
-        `${this.name}: no line matching ${pattern} (${
-          this.#ended ? "the process ended" : `timed out after ${timeoutMs} ms`
-        }). Output:\n${this.lines.slice(-60).join("\n")}`,
+        `${this.name}: no line matching ${pattern} (${why}). Output:\n${
+          this.lines.slice(-60).join("\n")
+        }`,
       );
     }
     return match;

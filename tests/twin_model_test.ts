@@ -574,19 +574,28 @@ Deno.test("turn: handlers' sendCommand, patchDesired, setMemory and recordEvent 
   assertEquals(again.state.commands.pending.map((c) => c.seq), [1, 2]);
 });
 
-Deno.test("turn: thermostat sends `cool` on a hot reading and not again within 60 s", () => {
+Deno.test("turn: thermostat's handler cools a far-too-hot device at once, at most once a minute", () => {
+  // The kind's rules (the sustained-overheat alarm) have their own tests; here only the handler.
+  const handlerOnly = defineTwin({
+    kind: "thermostat",
+    telemetry: thermostat.telemetry,
+    desired: thermostat.desired,
+    reported: thermostat.reported,
+    commands: thermostat.commands,
+    handlers: thermostat.handlers,
+  });
   const r0 = fresh("thermostat");
-  const opts = (now: number) => ({ kind: thermostat, now });
+  const opts = (now: number) => ({ kind: handlerOnly, now });
 
-  // A normal reading sends nothing.
-  const calm = turn(r0, [{ type: "telemetry", items: [{ temperature: 22 }] }], opts(T0));
+  // A normal (or merely warm) reading sends nothing.
+  const calm = turn(r0, [{ type: "telemetry", items: [{ temperature: 35 }] }], opts(T0));
   assertEquals(calm.state.commands.pending, []);
 
-  const hot = turn(r0, [{ type: "telemetry", items: [{ temperature: 35 }] }], opts(T0));
+  const hot = turn(r0, [{ type: "telemetry", items: [{ temperature: 45 }] }], opts(T0));
   assertEquals(hot.state.commands.pending.length, 1);
   const cool = hot.state.commands.pending[0];
   assertEquals(cool.name, "cool");
-  assertEquals(cool.payload, { targetTemperature: 25 });
+  assertEquals(cool.payload, { targetTemperature: 22 });
   assertEquals(cool.source, "twin");
   assertEquals(cool.expiresAt, iso(T0 + 300_000));
   assertEquals(cool.timeout, 60);
@@ -596,13 +605,13 @@ Deno.test("turn: thermostat sends `cool` on a hot reading and not again within 6
   // Still hot 30 s and 59.999 s later: no second command.
   const t30 = turn(
     hot.state,
-    [{ type: "telemetry", items: [{ temperature: 36 }] }],
+    [{ type: "telemetry", items: [{ temperature: 46 }] }],
     opts(T0 + 30_000),
   );
   assertEquals(t30.state.commands.pending.length, 1);
   assertEquals(t30.writes.commands, []);
-  const t59 = turn(t30.state, [{ type: "telemetry", items: [{ temperature: 37 }] }], {
-    kind: thermostat,
+  const t59 = turn(t30.state, [{ type: "telemetry", items: [{ temperature: 47 }] }], {
+    kind: handlerOnly,
     now: T0 + 59_999,
   });
   assertEquals(t59.state.commands.pending.length, 1);
@@ -610,13 +619,13 @@ Deno.test("turn: thermostat sends `cool` on a hot reading and not again within 6
   // Two hot readings in one batch: one command only.
   const batch = turn(r0, [{
     type: "telemetry",
-    items: [{ temperature: 40, ts: T0 - 10 }, { temperature: 41 }],
+    items: [{ temperature: 50, ts: T0 - 10 }, { temperature: 51 }],
   }], opts(T0));
   assertEquals(batch.state.commands.pending.length, 1);
 
   // After 60 s it may cool again.
-  const t60 = turn(t59.state, [{ type: "telemetry", items: [{ temperature: 36 }] }], {
-    kind: thermostat,
+  const t60 = turn(t59.state, [{ type: "telemetry", items: [{ temperature: 46 }] }], {
+    kind: handlerOnly,
     now: T0 + 60_000,
   });
   assertEquals(t60.state.commands.pending.length, 2);
@@ -625,9 +634,9 @@ Deno.test("turn: thermostat sends `cool` on a hot reading and not again within 6
 
   // desired.maxTemperature raises the threshold, desired.targetTemperature is the target.
   const tuned = turn(r0, [
-    { type: "desired", patch: { maxTemperature: 40, targetTemperature: 20 } },
-    { type: "telemetry", items: [{ temperature: 35 }] },
-    { type: "telemetry", items: [{ temperature: 41 }] },
+    { type: "desired", patch: { maxTemperature: 50, targetTemperature: 20 } },
+    { type: "telemetry", items: [{ temperature: 45 }] },
+    { type: "telemetry", items: [{ temperature: 51 }] },
   ], opts(T0));
   assertEquals(tuned.state.commands.pending.map((c) => c.payload), [{ targetTemperature: 20 }]);
 });

@@ -359,6 +359,7 @@ export class Registry {
       await this.#kv.atomic()
         .delete(keys.alarmId(alarm.id))
         .delete(keys.alarmByState(alarm.state, Date.parse(alarm.raisedAt), id, alarm.id))
+        .delete(keys.alarmByTime(Date.parse(alarm.raisedAt), id, alarm.id))
         .commit();
     }
     for (const prefix of devicePrefixes(id)) await deletePrefix(this.#kv, prefix);

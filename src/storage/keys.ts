@@ -36,6 +36,8 @@ export const keys = {
   ): Deno.KvKey => ["command_idempotency", deviceId, key],
   /** A telemetry message id already applied. */
   dedupe: (deviceId: string, messageId: string): Deno.KvKey => ["dedupe", deviceId, messageId],
+  /** A twin's events. */
+  events: (deviceId: string): Deno.KvKey => ["events", deviceId],
   /** A twin event. */
   event: (deviceId: string, seq: number): Deno.KvKey => ["events", deviceId, seq],
   /** A twin's timer: when it next needs a turn by itself. */
@@ -51,6 +53,12 @@ export const keys = {
     deviceId: string,
     alarmId: string,
   ): Deno.KvKey => ["alarms_by_state", state, raisedAt, deviceId, alarmId],
+  /** Every alarm, by when it was raised. */
+  alarmByTime: (
+    raisedAt: number,
+    deviceId: string,
+    alarmId: string,
+  ): Deno.KvKey => ["alarms_by_time", raisedAt, deviceId, alarmId],
   /** Which device an alarm id belongs to. */
   alarmId: (alarmId: string): Deno.KvKey => ["alarm_ids", alarmId],
   /** When a stored entry falls out of retention: points at the entry's key. */

@@ -57,8 +57,8 @@ export const DEFAULT_RETENTION: Retention = {
 };
 
 /** A raw chunk is flushed at this many points… */
-export const FLUSH_POINTS = 120;
-/** …or when its points span this long (ms). */
+export const FLUSH_POINTS = 60;
+/** …or before its points would span this long (ms). */
 export const FLUSH_SPAN_MS = 15 * 60_000;
 
 /** An empty history. */
@@ -132,15 +132,27 @@ export class HistoryWriter {
   /** Adds one point of `metric` to `history`; returns the new history. */
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
     const current = history.metrics[metric] ?? { buffer: [], open: {} };
-    let buffer = [...current.buffer, [ts, value] as [number, number]];
+    let buffer = current.buffer;
     let chunkSeq = history.chunkSeq;
-    const first = Math.min(...buffer.map(([t]) => t));
-    const last = Math.max(...buffer.map(([t]) => t));
-    if (buffer.length >= FLUSH_POINTS || last - first >= FLUSH_SPAN_MS) {
+    const flush = () => {
       const points = [...buffer].sort((a, b) => a[0] - b[0]);
-      this.raw.push({ metric, firstTs: first, lastTs: last, seq: ++chunkSeq, points });
+      const firstTs = points[0][0];
+      const lastTs = points[points.length - 1][0];
+      this.raw.push({ metric, firstTs, lastTs, seq: ++chunkSeq, points });
       buffer = [];
+    };
+    // A chunk spans less than FLUSH_SPAN_MS, so a range query knows how far back to look: a
+    // point that would stretch it further starts the next chunk.
+    if (buffer.length > 0) {
+      let first = ts, last = ts;
+      for (const [t] of buffer) {
+        if (t < first) first = t;
+        if (t > last) last = t;
+      }
+      if (last - first >= FLUSH_SPAN_MS) flush();
     }
+    buffer = [...buffer, [ts, value]];
+    if (buffer.length >= FLUSH_POINTS) flush();
     const open: Partial<Record<Level, Bucket>> = {};
     for (const level of LEVELS) {
       open[level] = this.#roll(metric, level, current.open[level], ts, value);

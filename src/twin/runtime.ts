@@ -550,6 +550,7 @@ function encodeAlarms(id: string, turn: TurnResult, mutations: Deno.KvMutation[]
         ...keep,
       },
       { type: "set", key: keys.alarmId(alarm.id), value: id, ...keep },
+      { type: "set", key: keys.alarmByTime(raisedAt, id, alarm.id), value: null, ...keep },
     );
     bytes += 1024 + JSON.stringify(alarm.details ?? null).length;
   }

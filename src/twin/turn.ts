@@ -520,7 +520,8 @@ class Turn {
     const now = this.#env.now;
     const open = draft.state.alarms[type];
     const alarm = open ? repeatAlarm(open, severity, message, details, now) : newAlarm(
-      `${this.#env.randomId()}${this.#env.randomId()}`,
+      // Time first, so a device's alarms list in the order they were raised.
+      `${now.toString(36).padStart(9, "0")}${this.#env.randomId()}`,
       draft.state.id,
       type,
       severity,

@@ -4,7 +4,11 @@
  */
 import { Hono } from "hono";
 import { TERMINAL_STATUSES } from "../commands/model.ts";
-import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { DoppelError, invalidCursor, rethrowCursorError, validationError } from "../errors.ts";
+import { queryHistory } from "../telemetry/query.ts";
+import { BUCKET_MS, type Level, LEVELS } from "../telemetry/rollup.ts";
+import type { TwinEvent } from "../twin/turn.ts";
+import { alarmsApi } from "./alarms_api.ts";
 import { keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import { publicTwin } from "../twin/state.ts";
@@ -175,7 +179,90 @@ export function operatorApi(s: Services): Hono {
     return c.json(command);
   });
 
+  api.get("/devices/:id/telemetry", async (c) => {
+    const id = c.req.param("id");
+    await requireDevice(s, id);
+    const metric = c.req.query("metric");
+    if (!metric) {
+      throw validationError("Query parameter metric is required:", [{
+        field: "metric",
+        message: "name a numeric telemetry field, such as temperature",
+      }]);
+    }
+    const bucket = c.req.query("bucket") || undefined;
+    if (bucket !== undefined && !(LEVELS as readonly string[]).includes(bucket)) {
+      throw validationError(`Query parameter bucket=${JSON.stringify(bucket)} is invalid:`, [{
+        field: "bucket",
+        message: "must be 1m, 1h or 1d (omit it for raw points)",
+      }]);
+    }
+    const now = Date.now();
+    const to = timeParam(c.req.query("to"), "to") ?? now;
+    const span = bucket === undefined ? 3_600_000 : BUCKET_MS[bucket as Level] * 1440;
+    const from = timeParam(c.req.query("from"), "from") ?? to - span;
+    if (from > to) {
+      throw validationError("The time range is empty:", [{
+        field: "from",
+        message: "must not be after to",
+      }]);
+    }
+    const cursor = c.req.query("cursor");
+    const after = cursor ? Number(cursor) : undefined;
+    if (after !== undefined && !Number.isFinite(after)) throw invalidCursor();
+    return c.json(
+      await queryHistory(s.kv, {
+        deviceId: id,
+        metric,
+        from,
+        to,
+        bucket: bucket as Level | undefined,
+        limit: intParam(c, "limit", { min: 1, max: 100_000, fallback: 1000 }),
+        after,
+      }),
+    );
+  });
+
+  api.get("/devices/:id/events", async (c) => {
+    const id = c.req.param("id");
+    await requireDevice(s, id);
+    const limit = intParam(c, "limit", { min: 1, max: 1000, fallback: 100 });
+    const type = c.req.query("type");
+    const iter = s.kv.list<TwinEvent>({ prefix: keys.events(id) }, {
+      reverse: true,
+      cursor: c.req.query("cursor") || undefined,
+    });
+    const items: TwinEvent[] = [];
+    let next: string | null = null;
+    try {
+      for await (const entry of iter) {
+        if (type && entry.value.type !== type && !entry.value.type.startsWith(`${type}.`)) continue;
+        items.push(entry.value);
+        if (items.length >= limit) {
+          next = iter.cursor;
+          break;
+        }
+      }
+    } catch (error) {
+      rethrowCursorError(error);
+    }
+    return c.json({ items, cursor: next });
+  });
+
+  api.route("/", alarmsApi(s));
   return api;
+}
+
+/** A time query parameter: epoch ms or ISO 8601. */
+function timeParam(raw: string | undefined, name: string): number | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  const ms = /^\d+$/.test(raw) ? Number(raw) : Date.parse(raw);
+  if (!Number.isFinite(ms)) {
+    throw validationError(`Query parameter ${name}=${JSON.stringify(raw)} is invalid:`, [{
+      field: name,
+      message: "must be epoch milliseconds or an ISO 8601 time",
+    }]);
+  }
+  return ms;
 }
 
 async function requireDevice(s: Services, id: string): Promise<void> {

@@ -5,6 +5,7 @@
 import { type CommandRecord, TERMINAL_STATUSES } from "../commands/model.ts";
 import type { EventBus } from "../events/bus.ts";
 import type { Logger } from "../log.ts";
+import type { PushNotifier } from "../push/notifier.ts";
 import type { AdminAuth } from "../registry/admin.ts";
 import type { Registry } from "../registry/devices.ts";
 import type { SessionHub } from "../transports/sessions.ts";
@@ -22,6 +23,8 @@ export interface Services {
   sessions: SessionHub;
   /** Operator token check. */
   admin: AdminAuth;
+  /** Web push to operators. */
+  push: PushNotifier;
   /** Committed notices. */
   bus: EventBus;
   /** Log lines. */

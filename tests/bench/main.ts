@@ -1,5 +1,5 @@
 /**
- * Doppel's benchmark, run with `deno task bench`. Four parts, each on its own temp KV file:
+ * Doppel's benchmark, run with `deno task bench`. Five parts, each on its own temp KV file:
  *
  * 1. Raw Deno KV ceiling: batched atomics of twin head values from `encodeTwin`, first of fresh
  *    twins, then (after part 2) of the very heads the runtime wrote.
@@ -7,11 +7,14 @@
  *    10,000 twins, and its ratio to both raw ceilings.
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
+ * 5. MQTT: the real server process and a load generator process with 1,000 mqtt.js devices
+ *    (durable QoS 1 telemetry), the same load against a plain aedes broker, and command round
+ *    trips over MQTT (`mqtt.ts`, `mqtt_load.ts`).
  *
  * It ends with a table of every figure, its target and PASS/FAIL. The exit code is 0 even when a
  * target is missed: this measures, it does not gate. Flags, for exploring:
  *
- * - `--only=raw,runtime,http,memory`: run some parts.
+ * - `--only=raw,runtime,http,memory,mqtt`: run some parts.
  * - `--callers=N`: concurrent callers in part 2 (default 2,000).
  * - `--in-flight=N`: the runtime batcher's commits in flight in part 2 (default: its own, 2).
  *
@@ -25,6 +28,7 @@ import { fmt, machineCpu, sleep } from "./common.ts";
 import { type HttpResult, httpThroughput } from "./http.ts";
 import { activatedMemory } from "./memory.ts";
 import type { MemoryChildResult, MemorySample } from "./memory_child.ts";
+import { mqttBench, type MqttResult } from "./mqtt.ts";
 import { rawKvCeiling, type RawResult } from "./raw.ts";
 import { type RuntimeResult, runtimeThroughput } from "./runtime.ts";
 
@@ -36,7 +40,7 @@ interface Row {
   verdict: "PASS" | "FAIL" | "info" | "skip";
 }
 
-const PARTS = ["raw", "runtime", "http", "memory"] as const;
+const PARTS = ["raw", "runtime", "http", "memory", "mqtt"] as const;
 type Part = typeof PARTS[number];
 
 function flag(args: string[], name: string): string | undefined {
@@ -100,13 +104,13 @@ async function main(): Promise<void> {
 
   const raw: RawResult[][] = [];
   if (parts.has("raw")) {
-    log("\n[1/4] Raw Deno KV ceiling (file-backed, twin values from encodeTwin)");
+    log("\n[1/5] Raw Deno KV ceiling (file-backed, twin values from encodeTwin)");
     raw.push(await rawKvCeiling({ log }));
   }
 
   let runtime: RuntimeResult | undefined;
   if (parts.has("runtime")) {
-    log("\n[2/4] In-process runtime: runtime.telemetry() awaiting durable commit");
+    log("\n[2/5] In-process runtime: runtime.telemetry() awaiting durable commit");
     runtime = await runtimeThroughput({
       log,
       concurrency: intFlag(Deno.args, "callers"),
@@ -150,7 +154,7 @@ async function main(): Promise<void> {
     if (raw.length > 0) {
       // A second raw pass with the very heads the runtime wrote: its records may have grown past
       // a fresh twin's (telemetry history), and KV's cost grows with the bytes.
-      log("\n[1/4, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
+      log("\n[1/5, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
       raw.push(await rawKvCeiling({ log, entries: r.heads }));
     }
   }
@@ -195,7 +199,7 @@ async function main(): Promise<void> {
 
   let http: HttpResult | undefined;
   if (parts.has("http")) {
-    log("\n[3/4] HTTP: real server process + wrk on POST /device/v1/telemetry");
+    log("\n[3/5] HTTP: real server process + wrk on POST /device/v1/telemetry");
     http = await httpThroughput({ log });
     if ("skipped" in http) {
       log(`  SKIPPED: ${http.skipped}`);
@@ -245,7 +249,7 @@ async function main(): Promise<void> {
 
   let memory: MemoryChildResult | undefined;
   if (parts.has("memory")) {
-    log("\n[4/4] Memory: 100,000 twins activated, in a child process");
+    log("\n[4/5] Memory: 100,000 twins activated, in a child process");
     memory = await activatedMemory({ log });
     const m = memory;
     log(
@@ -293,6 +297,85 @@ async function main(): Promise<void> {
       value: `${perTwin.toFixed(0)} bytes`,
       target: "-",
       verdict: "info",
+    });
+  }
+
+  let mqtt: MqttResult | undefined;
+  if (parts.has("mqtt")) {
+    log(
+      "\n[5/5] MQTT: real server process + load generator process (mqtt.js), raw aedes, commands",
+    );
+    mqtt = await mqttBench({ log });
+    const m = mqtt;
+    const ratio = m.doppel.perSec / m.raw.perSec;
+    const c = m.commands;
+    log(
+      `  Doppel durable QoS 1: ${fmt(m.doppel.perSec)} msg/s; raw aedes: ${fmt(m.raw.perSec)} ` +
+        `msg/s; Doppel / raw = ${pct(ratio)}`,
+    );
+    log(
+      `  command round trip (${fmt(c.count)} commands, ${c.sentPerSec.toFixed(0)}/s to ` +
+        `${c.devices} devices): p50 ${c.p50.toFixed(1)} ms, p90 ${c.p90.toFixed(1)} ms, ` +
+        `p99 ${c.p99.toFixed(1)} ms, max ${c.max.toFixed(1)} ms; not succeeded ${c.notSucceeded}` +
+        (c.notSucceeded ? ` ${JSON.stringify(c.failures)}` : ""),
+    );
+    if (c.serverCpu) {
+      log(
+        `  server CPU during commands: main ${c.serverCpu.main.toFixed(0)}%, other threads ` +
+          `${c.serverCpu.others.toFixed(0)}%; responder: ${c.responder.commands} commands, ` +
+          `${c.responder.answered} results acknowledged, ${c.responder.errors} errors, ` +
+          `${c.responder.lostClients} clients lost`,
+      );
+    }
+    rows.push({
+      figure: "MQTT durable QoS 1 telemetry (1k clients)",
+      value: `${fmt(m.doppel.perSec)} msg/s`,
+      target: ">= 15,000 msg/s",
+      verdict: verdict(m.doppel.perSec >= 15_000),
+    });
+    rows.push({
+      figure: "MQTT raw aedes QoS 1 (same load)",
+      value: `${fmt(m.raw.perSec)} msg/s`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "MQTT Doppel / raw aedes",
+      value: pct(ratio),
+      target: ">= 50%",
+      verdict: verdict(ratio >= 0.5),
+    });
+    const lost = m.doppel.publishErrors + m.doppel.lostClients + m.raw.publishErrors +
+      m.raw.lostClients;
+    rows.push({
+      figure: "MQTT publish errors + clients lost",
+      value: String(lost),
+      target: "0",
+      verdict: verdict(lost === 0),
+    });
+    rows.push({
+      figure: "MQTT command round trip p50 / p90",
+      value: `${c.p50.toFixed(1)} / ${c.p90.toFixed(1)} ms`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "MQTT command round trip p99",
+      value: `${c.p99.toFixed(1)} ms`,
+      target: "< 25 ms",
+      verdict: verdict(c.p99 < 25),
+    });
+    rows.push({
+      figure: "MQTT command round trip max",
+      value: `${c.max.toFixed(1)} ms`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "MQTT commands not succeeded",
+      value: `${c.notSucceeded} of ${fmt(c.count)}`,
+      target: "0",
+      verdict: verdict(c.notSucceeded === 0),
     });
   }
 
