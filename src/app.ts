@@ -69,7 +69,7 @@ export interface Doppel {
   /** Web push to operators. */
   push: PushNotifier;
   /** Adds a follower of registry changes (such as the broker bridge's credential sync). */
-  observe(observer: (event: RegistryEvent) => void): void;
+  observe(observer: (event: RegistryEvent) => Promise<void>): void;
   /** The operator token, only when it was generated just now (print it once). */
   createdAdminToken?: string;
   /** Starts background loops (timers, idle collection). */
@@ -83,7 +83,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   const { kv, clock, logger } = deps;
   const bus = new EventBus();
   // Registry followers added after construction (the broker bridge's credential sync).
-  const observers: Array<(event: RegistryEvent) => void> = [];
+  const observers: Array<(event: RegistryEvent) => Promise<void>> = [];
   const shutdown = new AbortController();
   const runtime = new TwinRuntime({
     kv,
@@ -107,14 +107,17 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     clock,
     vault,
     kinds: new Set(deps.kinds.keys()),
-    onChange: (event) => {
+    onChange: async (event) => {
       const id = event.device.id;
       if (event.type === "deleted") runtime.evict(id);
-      // A disabled or deleted device is refused at once: its open sessions end.
-      sessions.deviceChanged(id).catch((error) =>
-        logger.log("error", "sessions", `Ending sessions of ${id} failed: ${error}`)
-      );
-      for (const observer of observers) observer(event);
+      // A disabled or deleted device is refused at once: its open sessions end, and followers
+      // (the broker bridge) have applied the change before the operator gets an answer.
+      await Promise.all([
+        sessions.deviceChanged(id).catch((error) =>
+          logger.log("error", "sessions", `Ending sessions of ${id} failed: ${error}`)
+        ),
+        ...observers.map((observer) => observer(event)),
+      ]);
     },
   });
   const sessions: SessionHub = new SessionHub({

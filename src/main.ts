@@ -181,7 +181,7 @@ async function main(): Promise<void> {
     }, {
       url: config.mqttUrl,
       clientId: Deno.env.get("MQTT_BRIDGE_ID") ?? "doppel-bridge",
-      group: Deno.env.get("MQTT_BRIDGE_GROUP") ?? "doppel",
+      group: Deno.env.get("MQTT_BRIDGE_GROUP") ?? "",
       connections: Number(Deno.env.get("MQTT_BRIDGE_CONNECTIONS") ?? 4),
       dynsec: Deno.env.get("MQTT_DYNSEC") === "1",
     });

@@ -28,7 +28,7 @@ const TOKEN = "bridge-test-admin-token-0123456789";
 interface BridgeSetup {
   /** MQTT_BRIDGE_CONNECTIONS (default 3). */
   connections?: number;
-  /** MQTT_BRIDGE_GROUP (default: Doppel's own, "doppel": shared subscriptions). */
+  /** MQTT_BRIDGE_GROUP (default: none, one unshared persistent session). */
   group?: string;
 }
 
@@ -42,8 +42,7 @@ interface System {
   /** Waits until the broker accepts the device's credentials (the dynsec sync is asynchronous). */
   accepted(creds: Creds): Promise<void>;
   /**
-   * Registers a device and waits until the broker has the whole of it: the credential sync ends
-   * with `enableClient` (Mosquitto logs each dynsec command), and the broker accepts the key.
+   * Registers a device; the answer comes once the broker has it, which `accepted` confirms.
    */
   register(id: string, kind?: string): Promise<Creds>;
   /** Bridge connections Doppel opens. */
@@ -57,7 +56,8 @@ async function withSystem(
   fn: (s: System) => Promise<void>,
   setup: BridgeSetup = {},
 ): Promise<void> {
-  const connections = setup.connections ?? 3;
+  // Without a shared group the bridge opens one connection (several would each get everything).
+  const connections = setup.group ? setup.connections ?? 3 : 1;
   const dir = await Deno.makeTempDir({ prefix: "doppel_bridge_test_" });
   const devices = new Set<MqttDevice>();
   let broker: Mosquitto | undefined;
@@ -109,9 +109,8 @@ async function withSystem(
         );
       },
       async register(id, kind = "thermostat") {
-        const mark = b.mark;
+        // Registration answers once the broker has the device (the registry waits for the sync).
         const creds = await system.op.register(id, kind);
-        await b.waitLog(new RegExp(`\\| enableClient \\| username=${id}$`), mark);
         await system.accepted(creds);
         return creds;
       },
@@ -581,10 +580,23 @@ async function brokerRestartMidStream(system: System): Promise<void> {
   }
 }
 
-Deno.test("bridge broker restart mid-stream (shared subscriptions, the default): devices and bridge reconnect by themselves; every message Mosquitto acknowledged is applied exactly once", async () => {
+Deno.test("bridge broker restart mid-stream (the default: one persistent session): devices and bridge reconnect by themselves; every message Mosquitto acknowledged is applied exactly once", async () => {
   await withSystem(brokerRestartMidStream);
 });
 
-Deno.test('bridge broker restart mid-stream without shared subscriptions (MQTT_BRIDGE_GROUP="", one connection): every message Mosquitto acknowledged is applied exactly once', async () => {
-  await withSystem(brokerRestartMidStream, { connections: 1, group: "" });
+Deno.test("bridge with a shared subscription group: three connections split the traffic and QoS 1 telemetry lands", async () => {
+  await withSystem(async (system) => {
+    const creds = await system.register("sh1");
+    const device = await system.device(creds);
+    for (let i = 0; i < 30; i++) {
+      await device.publish(`devices/sh1/telemetry`, { temperature: 20 + i % 5 });
+    }
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const twin = await system.op.twin("sh1");
+      if ((twin.telemetry as { last: { temperature?: number } }).last.temperature === 24) break;
+      if (Date.now() > deadline) throw new Error("telemetry did not land through the shared group");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }, { connections: 3, group: "doppel" });
 });

@@ -110,7 +110,7 @@ export interface RegistryOptions {
   /** Names of the loaded kinds. */
   kinds: ReadonlySet<string>;
   /** Told after every committed change, so sessions and an external broker can follow. */
-  onChange?(event: RegistryEvent): void;
+  onChange?(event: RegistryEvent): void | Promise<void>;
 }
 
 /** Registers, finds, changes, deletes and authenticates devices. */
@@ -196,7 +196,7 @@ export class Registry {
     if (!result.ok) {
       throw new DoppelError("conflict", `Device ${id} already exists.`);
     }
-    this.#changed({ type: "registered", device, key });
+    await this.#changed({ type: "registered", device, key });
     return { device: toPublic(device), key };
   }
 
@@ -300,7 +300,7 @@ export class Registry {
         if (device.tags[tag] !== value) atomic.set(keys.devicesByTag(tag, value, id), null);
       }
       if ((await atomic.commit()).ok) {
-        this.#changed({ type: "updated", device: next });
+        await this.#changed({ type: "updated", device: next });
         return this.describe(id);
       }
     }
@@ -320,7 +320,7 @@ export class Registry {
         updatedAt: at,
       };
       if ((await this.#kv.atomic().check(entry).set(keys.device(id), next).commit()).ok) {
-        this.#changed({ type: "key_rotated", device: next, key });
+        await this.#changed({ type: "key_rotated", device: next, key });
         return { device: toPublic(next), key };
       }
     }
@@ -352,7 +352,7 @@ export class Registry {
     if (!(await atomic.commit()).ok) {
       throw new DoppelError("conflict", `Device ${id} changed while being deleted; try again.`);
     }
-    this.#changed({ type: "deleted", device });
+    await this.#changed({ type: "deleted", device });
     // Alarm indexes point at the device's alarms: remove them with the alarms.
     for await (const entry of this.#kv.list<AlarmRecord>({ prefix: keys.alarms(id) })) {
       const alarm = entry.value;
@@ -399,9 +399,10 @@ export class Registry {
     return device;
   }
 
-  #changed(event: RegistryEvent): void {
+  /** Tells followers of a committed change and waits for them, so it is in force everywhere. */
+  async #changed(event: RegistryEvent): Promise<void> {
     this.#authCache.delete(event.device.id);
-    this.#onChange?.(event);
+    await this.#onChange?.(event);
   }
 
   async #require(id: string): Promise<DeviceRecord> {

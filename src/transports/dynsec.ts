@@ -39,6 +39,8 @@ export class DynsecSync {
   #pending = new Map<string, (response: DynsecResponse) => void>();
   #seq = 0;
   #subscribed: Promise<unknown> | undefined;
+  // The last change under way per device, so changes to one device apply in order.
+  #queues = new Map<string, Promise<void>>();
 
   /** Uses `client` (connected as a dynsec admin). */
   constructor(client: MqttClient, registry: Registry, logger: Logger) {
@@ -85,8 +87,30 @@ export class DynsecSync {
     await this.#run([{ command: "addClientRole", username, rolename }]);
   }
 
-  /** Follows one registry change. */
-  async apply(event: RegistryEvent): Promise<void> {
+  /**
+   * Follows one registry change. Changes to one device are applied in the order they happened
+   * (a disable right after a registration must not be overtaken by it); `timeoutMs` bounds the
+   * wait, not the work.
+   */
+  apply(event: RegistryEvent, timeoutMs = 10_000): Promise<void> {
+    const id = event.device.id;
+    const previous = this.#queues.get(id) ?? Promise.resolve();
+    const run = previous.catch(() => {}).then(() => this.#apply(event));
+    this.#queues.set(id, run);
+    run.finally(() => {
+      if (this.#queues.get(id) === run) this.#queues.delete(id);
+    }).catch(() => {});
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the broker did not confirm within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    return Promise.race([run, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  async #apply(event: RegistryEvent): Promise<void> {
     const device = event.device;
     switch (event.type) {
       case "registered":
@@ -118,13 +142,21 @@ export class DynsecSync {
   async reconcile(): Promise<number> {
     let count = 0;
     for await (const device of this.#registry.all()) {
-      const [key] = await this.#registry.plainKeys(device);
-      await this.#ensure(device, key);
+      await this.apply({ type: "registered", device, key: "" }, 30_000).catch(async () => {
+        // A key is needed only to create a missing client: fetch it then.
+        const [key] = await this.#registry.plainKeys(device);
+        await this.apply({ type: "registered", device, key }, 30_000);
+      });
       count++;
     }
     return count;
   }
 
+  /**
+   * Creates the device's role and client if missing, and brings an existing one in step (enabled
+   * state, roles) without touching its password: Mosquitto disconnects a client whose password is
+   * set, so a reconcile must not knock the fleet off.
+   */
   async #ensure(device: DeviceRecord, key: string): Promise<void> {
     const id = device.id;
     await this.#run([{
@@ -136,18 +168,40 @@ export class DynsecSync {
         { acltype: "publishClientReceive", topic: `devices/${id}/#`, allow: true },
       ],
     }], ["Role already exists"]);
-    await this.#run([{
-      command: "createClient",
-      username: id,
-      password: key,
-      clientid: id,
-      roles: [{ rolename: deviceRole(id) }],
-    }], ["Client already exists"]);
-    await this.#run([
-      { command: "setClientPassword", username: id, password: key },
-      { command: device.enabled ? "enableClient" : "disableClient", username: id },
-    ]);
+    const found = await this.#brokerClient(id);
+    if (!found) {
+      if (!key) throw new Error(`Device ${id} has no broker client yet and needs its key.`);
+      await this.#run([{
+        command: "createClient",
+        username: id,
+        password: key,
+        clientid: id,
+        roles: [{ rolename: deviceRole(id) }],
+      }]);
+      if (!device.enabled) await this.#run([{ command: "disableClient", username: id }]);
+    } else {
+      if (found.disabled === device.enabled) {
+        await this.#run([{
+          command: device.enabled ? "enableClient" : "disableClient",
+          username: id,
+        }]);
+      }
+      if (!found.roles.includes(deviceRole(id))) await this.#addRole(id, deviceRole(id));
+    }
     if (device.parent) await this.#addRole(device.parent, deviceRole(id));
+  }
+
+  /** A broker client's state, or `null` if there is none. */
+  async #brokerClient(username: string): Promise<{ disabled: boolean; roles: string[] } | null> {
+    const [found] = await this.#run([{ command: "getClient", username }], ["Client not found"]);
+    const client = (found.data as {
+      client?: { disabled?: boolean; roles?: Array<{ rolename: string }> };
+    } | undefined)?.client;
+    if (!client) return null;
+    return {
+      disabled: client.disabled === true,
+      roles: (client.roles ?? []).map((role) => role.rolename),
+    };
   }
 
   /** Runs commands; an error response fails unless its text is one of `tolerated`. */

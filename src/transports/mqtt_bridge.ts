@@ -1,7 +1,7 @@
 /**
  * Bridge mode (`MQTT_URL`): Doppel connects to an external broker (Mosquitto, EMQX) as a client and
  * serves the device topics from there. Each bridge connection is a persistent session (clean =
- * false) subscribed at QoS 1, through a shared subscription (`$share/<group>/…`) so several
+ * false) subscribed at QoS 1; with a shared subscription (`$share/<group>/…`) several
  * connections — of this process or of other instances — split the traffic. A message is
  * acknowledged (PUBACK) only once it is durable; if storage fails the connection is dropped, so
  * the broker sends the message again.
@@ -34,7 +34,12 @@ export interface BridgeOptions {
   url: string;
   /** Client id prefix; stable across restarts so the persistent sessions resume. */
   clientId?: string;
-  /** Shared subscription group; `""` subscribes without sharing. */
+  /**
+   * Shared subscription group, to split traffic over `connections` connections and over
+   * instances; `""` (the default) is one unshared persistent session. Mosquitto 2.0 does not keep
+   * shared subscriptions across its own restart, so messages published while it comes back are
+   * lost to a shared group: use one only with a broker that keeps them, or accept that window.
+   */
   group?: string;
   /** Parallel bridge connections (each handles its messages one at a time). */
   connections?: number;
@@ -62,8 +67,8 @@ export interface MqttBridge {
   readonly connected: boolean;
   /** Resolves once every connection has connected (and dynsec, if on, is reconciled). */
   ready: Promise<void>;
-  /** Follows registry changes (credential sync). */
-  onRegistry(event: RegistryEvent): void;
+  /** Follows registry changes (credential sync); resolves once the broker has them. */
+  onRegistry(event: RegistryEvent): Promise<void>;
   /** Disconnects. */
   close(): Promise<void>;
 }
@@ -79,9 +84,10 @@ const UPLINK_TOPICS = [
 /** Connects to the broker and starts serving device topics. */
 export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridge {
   const { logger } = deps;
-  const group = options.group ?? "doppel";
+  const group = options.group ?? "";
   const prefix = options.clientId ?? "doppel-bridge";
-  const count = Math.max(1, options.connections ?? 4);
+  // Unshared, several connections would each get every message: one then.
+  const count = group ? Math.max(1, options.connections ?? 4) : 1;
   const sessions = new Map<string, DeviceSession>();
   const log = (level: "info" | "warn" | "error", message: string, fields = {}) =>
     logger.log(level, "bridge", message, fields);
@@ -104,13 +110,14 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       });
     };
     client.on("connect", (connack) => {
-      log("info", `Bridge connection ${client.options.clientId} is up.`, {
-        sessionPresent: connack.sessionPresent,
-      });
       const topics = UPLINK_TOPICS.map((t) => (group ? `$share/${group}/${t}` : t));
-      client.subscribeAsync(topics, { qos: 1 }).catch((error) =>
-        log("error", `Subscribing failed: ${error}`)
-      );
+      // Subscribing again on every connect: a persistent session keeps plain subscriptions,
+      // but not (on Mosquitto 2.0) shared ones. "Up" is logged once messages can flow.
+      client.subscribeAsync(topics, { qos: 1 }).then(() =>
+        log("info", `Bridge connection ${client.options.clientId} is up.`, {
+          sessionPresent: connack.sessionPresent,
+        })
+      ).catch((error) => log("error", `Subscribing failed: ${error}`));
     });
     client.on("error", (error) => log("warn", `Bridge connection error: ${error.message}`));
     clients.push(client);
@@ -213,13 +220,15 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       return clients.some((c) => c.connected);
     },
     ready,
-    onRegistry(event) {
+    async onRegistry(event) {
       if (event.type === "deleted" || (event.type === "updated" && !event.device.enabled)) {
         const session = sessions.get(event.device.id);
         sessions.delete(event.device.id);
-        session?.close(event.type === "deleted" ? "deleted" : "disabled").catch(() => {});
+        await session?.close(event.type === "deleted" ? "deleted" : "disabled");
       }
-      dynsec?.apply(event).catch((error) =>
+      // Waited for (within a bound), so a device disabled or deleted is refused by the broker
+      // before the operator hears it is done; a broker that is away catches up on reconcile.
+      await dynsec?.apply(event, 5_000).catch((error) =>
         log("error", `Broker credential sync for ${event.device.id} failed: ${error}`, {
           deviceId: event.device.id,
         })

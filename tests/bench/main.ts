@@ -302,9 +302,7 @@ async function main(): Promise<void> {
 
   let mqtt: MqttResult | undefined;
   if (parts.has("mqtt")) {
-    log(
-      "\n[5/5] MQTT: real server process + load generator process (mqtt.js), raw aedes, commands",
-    );
+    log("\n[5/5] MQTT: real server + mqtt.js load processes, raw aedes, command round trips");
     mqtt = await mqttBench({ log });
     const m = mqtt;
     const ratio = m.doppel.perSec / m.raw.perSec;

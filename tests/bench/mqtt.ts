@@ -93,6 +93,8 @@ export interface MqttOptions {
   commandRate?: number;
   /** Seconds of measured commands (default 10), after 1 s not measured. */
   commandSeconds?: number;
+  /** Extra `deno run` flags for the Doppel server process (e.g. `--cpu-prof`), for exploring. */
+  serverFlags?: string[];
   /** Prints progress. */
   log?(line: string): void;
 }
@@ -124,6 +126,7 @@ export async function mqttBench(options: MqttOptions = {}): Promise<MqttResult> 
       "--allow-read",
       "--allow-write",
       "--allow-sys",
+      ...options.serverFlags ?? [],
       "src/main.ts",
     ], {
       PORT: String(httpPort),
