@@ -6,7 +6,7 @@
  * @module
  */
 import { assert, assertEquals } from "./assert.ts";
-import { testApp, type TestApp } from "./helpers.ts";
+import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { defineTwin, z } from "../src/mod.ts";
 import type { TwinKind } from "../src/twin/kind.ts";
@@ -230,9 +230,11 @@ Deno.test("history: rollups and raw points equal a brute-force computation over 
     // A second metric of the same items is kept apart.
     const extra = await getJson(
       app,
-      `/api/v1/devices/m1/telemetry?${
-        new URLSearchParams({ ...range, metric: "extra", bucket: "1h" })
-      }`,
+      `/api/v1/devices/m1/telemetry?${new URLSearchParams({
+        ...range,
+        metric: "extra",
+        bucket: "1h",
+      })}`,
     );
     assertBuckets(
       extra.items,
@@ -246,9 +248,12 @@ Deno.test("history: rollups and raw points equal a brute-force computation over 
       const b = Math.min(t0 + span, a + Math.floor(random() * 2 * HOUR));
       const body = await getJson(
         app,
-        `/api/v1/devices/m1/telemetry?${
-          new URLSearchParams({ metric: "power", from: String(a), to: String(b), limit: "100000" })
-        }`,
+        `/api/v1/devices/m1/telemetry?${new URLSearchParams({
+          metric: "power",
+          from: String(a),
+          to: String(b),
+          limit: "100000",
+        })}`,
       );
       assertEquals(
         sortPoints(body.items.map((p: Json) => ({ ts: Date.parse(p.ts), value: p.value }))),
@@ -257,9 +262,12 @@ Deno.test("history: rollups and raw points equal a brute-force computation over 
       );
       const minutes = await getJson(
         app,
-        `/api/v1/devices/m1/telemetry?${
-          new URLSearchParams({ metric: "power", from: String(a), to: String(b), bucket: "1m" })
-        }`,
+        `/api/v1/devices/m1/telemetry?${new URLSearchParams({
+          metric: "power",
+          from: String(a),
+          to: String(b),
+          bucket: "1m",
+        })}`,
       );
       const expected = bruteBuckets(points, "1m").filter((e) =>
         Date.parse(e.start) <= b && Date.parse(e.end) > a
@@ -285,7 +293,6 @@ Deno.test("history: rollups and raw points equal a brute-force computation over 
     const pagedMinutes = await allPages(app, "m1", { ...range, bucket: "1m", limit: "37" });
     assert(pagedMinutes.pages > 5, `1m paging took ${pagedMinutes.pages} pages`);
     assertBuckets(pagedMinutes.items, bruteBuckets(points, "1m"), "1m over all pages");
-
   } finally {
     await app.dispose();
   }
@@ -348,15 +355,13 @@ Deno.test("history retention: data past retention leaves KV and queries after sw
     }
     const end = clock.now();
     const q = (bucket?: string) =>
-      `/api/v1/devices/r1/telemetry?${
-        new URLSearchParams({
-          metric: "power",
-          from: String(start - HOUR),
-          to: String(end + HOUR),
-          limit: "100000",
-          ...(bucket ? { bucket } : {}),
-        })
-      }`;
+      `/api/v1/devices/r1/telemetry?${new URLSearchParams({
+        metric: "power",
+        from: String(start - HOUR),
+        to: String(end + HOUR),
+        limit: "100000",
+        ...(bucket ? { bucket } : {}),
+      })}`;
     assertEquals((await getJson(app, q())).items.length, 120, "all raw points, before the sweep");
     // Chunks flushed and already older than 10 min are gone at the first sweep.
     assert((await count(app.kv, ["telemetry", "r1"])) > 0, "raw chunks were written");
@@ -440,15 +445,13 @@ Deno.test("history retention: storage stays bounded while a device writes for si
     // What is kept is still right: every hour bucket counts its 60 points.
     const body = await getJson(
       app,
-      `/api/v1/devices/b1/telemetry?${
-        new URLSearchParams({
-          metric: "power",
-          bucket: "1h",
-          from: String(begin),
-          to: String(clock.now()),
-          limit: "1000",
-        })
-      }`,
+      `/api/v1/devices/b1/telemetry?${new URLSearchParams({
+        metric: "power",
+        bucket: "1h",
+        from: String(begin),
+        to: String(clock.now()),
+        limit: "1000",
+      })}`,
     );
     assertEquals(body.items.length, hours);
     for (const b of body.items) {

@@ -6,7 +6,7 @@
  * @module
  */
 import { assert, assertEquals } from "./assert.ts";
-import { testApp, type TestApp } from "./helpers.ts";
+import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { anomaly, defineTwin, noData, rateOfChange, type Rule, threshold, z } from "../src/mod.ts";
 import type { TwinDefinition, TwinKind } from "../src/twin/kind.ts";
@@ -426,7 +426,9 @@ Deno.test("alarms API: filters, acknowledge then clear, 409 and 404, events", as
     await reading(app, clock, "x1", { temp: 35, door: true }, SEC); // major hot + minor door
     await reading(app, clock, "x2", { door: true }, SEC); // minor door
     const list = async (query: string) =>
-      (await getJson(app, `/api/v1/alarms?${query}`)).items.map((a: Json) => `${a.deviceId}:${a.type}`)
+      (await getJson(app, `/api/v1/alarms?${query}`)).items.map((a: Json) =>
+        `${a.deviceId}:${a.type}`
+      )
         .sort();
     assertEquals(await list(""), ["x1:door", "x1:hot", "x2:door"]);
     assertEquals(await list("device=x1"), ["x1:door", "x1:hot"]);

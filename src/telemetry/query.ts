@@ -8,8 +8,11 @@ import { FLUSH_SPAN_MS } from "./history.ts";
 import {
   type Bucket,
   BUCKET_MS,
+  bucketAt,
+  type BucketView,
   bucketView,
   chunkStart,
+  isoTime,
   type Level,
   mergeBuckets,
   type RollupChunk,
@@ -68,36 +71,75 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     return {
       metric: q.metric,
       bucket: "raw",
-      items: page.items.map(([ts, value]) => ({ ts: new Date(ts).toISOString(), value })),
+      items: page.items.map(([ts, value]) => ({ ts: isoTime(ts), value })),
       cursor: page.cursor,
     };
   }
   const level = q.bucket;
-  const byStart = new Map<number, Bucket>();
-  const add = (bucket: Bucket) => {
-    // Buckets that overlap [from, to].
-    if (bucket.start > q.to || bucket.start + BUCKET_MS[level] <= from) return;
-    const had = byStart.get(bucket.start);
-    byStart.set(bucket.start, had ? mergeBuckets(had, bucket) : bucket);
-  };
+  const length = BUCKET_MS[level];
+  // Chunks partition time and list in order, so their buckets come sorted; only the twin's open
+  // bucket can share a start with a stored one (late points for it went to its chunk).
+  const views: BucketView[] = [];
+  const starts: number[] = [];
+  const open = held?.open[level];
+  // A page resumes after the last bucket start it showed.
+  const after = q.after ?? -Infinity;
+  const openIn = open !== undefined && open.start <= q.to && open.start + length > q.from &&
+    open.start > after;
   for await (
     const entry of kv.list<RollupChunk>({
       start: ["rollups", q.deviceId, q.metric, level, chunkStart(level, from)],
       end: ["rollups", q.deviceId, q.metric, level, q.to + 1],
     })
   ) {
-    for (const bucket of entry.value.buckets) add(bucket);
+    const c = entry.value;
+    for (let i = 0; i < c.start.length; i++) {
+      const start = c.start[i];
+      if (start > q.to || start + length <= q.from || start <= after) continue;
+      if (openIn && start === open.start) continue; // Merged with the open one below.
+      starts.push(start);
+      views.push({
+        start: isoTime(start),
+        min: c.min[i],
+        max: c.max[i],
+        avg: c.sum[i] / c.count[i],
+        count: c.count[i],
+        last: c.last[i],
+      });
+    }
   }
-  const open = held?.open[level];
-  if (open) add(open);
-  const buckets = [...byStart.values()].sort((a, b) => a.start - b.start);
-  const page = pageOf(buckets, q.limit, (b) => b.start);
+  if (openIn) {
+    // Rarely, late points of the open bucket's start went to its chunk: fold them in.
+    const stored = await storedBucket(kv, q.deviceId, q.metric, level, open.start);
+    const bucket = stored ? mergeBuckets(stored, open) : open;
+    let i = starts.findIndex((s) => s > open.start);
+    if (i < 0) i = starts.length;
+    starts.splice(i, 0, open.start);
+    views.splice(i, 0, bucketView(bucket));
+  }
+  const page = pageOf(starts.map((start, i) => [start, i] as const), q.limit, (p) => p[0]);
   return {
     metric: q.metric,
     bucket: level,
-    items: page.items.map((bucket) => bucketView(level, bucket)),
+    items: page.items.length === views.length ? views : page.items.map(([, i]) => views[i]),
     cursor: page.cursor,
   };
+}
+
+/** One stored bucket, if its chunk has it. */
+async function storedBucket(
+  kv: Deno.Kv,
+  deviceId: string,
+  metric: string,
+  level: Level,
+  start: number,
+): Promise<Bucket | null> {
+  const chunk =
+    (await kv.get<RollupChunk>(["rollups", deviceId, metric, level, chunkStart(level, start)]))
+      .value;
+  if (!chunk) return null;
+  const i = chunk.start.indexOf(start);
+  return i < 0 ? null : bucketAt(chunk, i);
 }
 
 /** The first `limit` items, never splitting items of the same time across pages. */

@@ -527,7 +527,7 @@ function encodeHistory(
     );
   }
   for (const { key, level, start, chunk } of turn.writes.rollupChunks) {
-    expiring(key, chunk, rollupExpiry(level, start, kind.retention), chunk.buckets.length * 70);
+    expiring(key, chunk, rollupExpiry(level, start, kind.retention), chunk.start.length * 56 + 128);
   }
   return bytes;
 }
