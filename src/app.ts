@@ -110,6 +110,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     onChange: async (event) => {
       const id = event.device.id;
       if (event.type === "deleted") runtime.evict(id);
+      // A new twin's first turn sets its timers (a no-data rule counts from registration).
+      if (event.type === "registered") await runtime.send(id, { type: "wake" });
       // A disabled or deleted device is refused at once: its open sessions end, and followers
       // (the broker bridge) have applied the change before the operator gets an answer.
       await Promise.all([
@@ -131,6 +133,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   const { auth: admin, created } = await AdminAuth.init(kv, deps.adminToken);
   const services: Services = {
     kv,
+    clock,
     registry,
     runtime,
     admin,

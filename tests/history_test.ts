@@ -132,9 +132,10 @@ function assertBuckets(actual: Json[], expected: ExpectedBucket[], what: string)
   for (let i = 0; i < expected.length; i++) {
     const a = actual[i], e = expected[i];
     const label = `${what} bucket ${e.start}`;
+    // (`end` is checked on its own, in the bucket shape test.)
     assertEquals(
-      { start: a.start, end: a.end, min: a.min, max: a.max, count: a.count, last: a.last },
-      { start: e.start, end: e.end, min: e.min, max: e.max, count: e.count, last: e.last },
+      { start: a.start, min: a.min, max: a.max, count: a.count, last: a.last },
+      { start: e.start, min: e.min, max: e.max, count: e.count, last: e.last },
       label,
     );
     assert(
@@ -325,6 +326,43 @@ Deno.test("history: a paging cursor never splits points of the same time", async
   }
 });
 
+Deno.test("history: bucket items have the documented shape {start, end, min, max, avg, count, last}", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T10:00:30.000Z"));
+  const app = await testApp({ clock, kinds: meterKind() });
+  try {
+    await app.register({ id: "m3", kind: "meter" });
+    const t = Date.parse("2026-11-26T09:58:10.000Z");
+    // Two closed minutes (stored) and an open one (held by the twin).
+    await app.runtime.telemetry("m3", [
+      { ts: t, power: 1 },
+      { ts: t + 20_000, power: 3 },
+      { ts: t + 60_000, power: 5 },
+      { ts: t + 120_000, power: 7 },
+    ]);
+    for (const [bucket, len] of [["1m", MIN], ["1h", HOUR], ["1d", DAY]] as const) {
+      const body = await getJson(
+        app,
+        `/api/v1/devices/m3/telemetry?${new URLSearchParams({
+          metric: "power",
+          bucket,
+          from: String(t),
+          to: String(clock.now()),
+        })}`,
+      );
+      for (const item of body.items) {
+        assertEquals(
+          Object.keys(item).sort(),
+          ["avg", "count", "end", "last", "max", "min", "start"],
+          `${bucket} bucket fields: ${JSON.stringify(item)}`,
+        );
+        assertEquals(item.end, new Date(Date.parse(item.start) + len).toISOString());
+      }
+    }
+  } finally {
+    await app.dispose();
+  }
+});
+
 /** Counts KV entries under a prefix. */
 async function count(kv: Deno.Kv, prefix: Deno.KvKey): Promise<number> {
   let n = 0;
@@ -362,13 +400,15 @@ Deno.test("history retention: data past retention leaves KV and queries after sw
         limit: "100000",
         ...(bucket ? { bucket } : {}),
       })}`;
-    assertEquals((await getJson(app, q())).items.length, 120, "all raw points, before the sweep");
-    // Chunks flushed and already older than 10 min are gone at the first sweep.
+    // Only the last 10 minutes are served, swept or not: the last point came 30 s before `end`,
+    // so the 19 points after end - 10 min.
+    assertEquals((await getJson(app, q())).items.length, 19, "raw points within retention");
     assert((await count(app.kv, ["telemetry", "r1"])) > 0, "raw chunks were written");
     await app.runtime.sweepExpired();
-    assert(
-      (await getJson(app, q())).items.length < 120,
-      "raw points older than the 10 min retention are no longer served",
+    assertEquals(
+      (await getJson(app, q())).items.length,
+      19,
+      "raw points older than the 10 min retention are not served",
     );
 
     // Two days later (past the 1m level's chunk span plus its retention), with the device silent.

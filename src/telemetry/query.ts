@@ -4,7 +4,7 @@
  * @module
  */
 import { loadTwin } from "../storage/twin_store.ts";
-import { FLUSH_SPAN_MS } from "./history.ts";
+import { FLUSH_SPAN_MS, type Retention, rollupExpiry } from "./history.ts";
 import {
   type Bucket,
   BUCKET_MS,
@@ -34,6 +34,10 @@ export interface HistoryQuery {
   limit: number;
   /** Resume after this time (ms): the cursor of the previous page. */
   after?: number;
+  /** The current time (ms), to leave out what the twin holds past `retention`. */
+  now: number;
+  /** The kind's retention. */
+  retention: Retention;
 }
 
 /** One page of a history query. */
@@ -51,7 +55,16 @@ export interface HistoryPage {
 /** Runs a history query. */
 export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<HistoryPage> {
   const twin = await loadTwin(kv, q.deviceId);
-  const held = twin?.state.history.metrics[q.metric];
+  const history = twin?.state.history.metrics[q.metric];
+  // What the twin still holds (points not yet flushed, open buckets) obeys retention too.
+  const held = history && {
+    buffer: history.buffer.filter(([ts]) => ts + q.retention.raw > q.now),
+    open: Object.fromEntries(
+      Object.entries(history.open).filter(([level, bucket]) =>
+        rollupExpiry(level as Level, bucket!.start, q.retention) > q.now
+      ),
+    ) as typeof history.open,
+  };
   const from = q.after !== undefined ? Math.max(q.from, q.after + 1) : q.from;
   if (!q.bucket) {
     const points: Array<[number, number]> = [];
@@ -61,7 +74,12 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
         end: ["telemetry", q.deviceId, q.metric, q.to + 1],
       })
     ) {
-      for (const point of entry.value) if (point[0] >= from && point[0] <= q.to) points.push(point);
+      for (const point of entry.value) {
+        // Past retention and not yet swept: gone all the same.
+        if (point[0] >= from && point[0] <= q.to && point[0] + q.retention.raw > q.now) {
+          points.push(point);
+        }
+      }
     }
     for (const point of held?.buffer ?? []) {
       if (point[0] >= from && point[0] <= q.to) points.push(point);
@@ -93,6 +111,7 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     })
   ) {
     const c = entry.value;
+    if (rollupExpiry(level, entry.key[4] as number, q.retention) <= q.now) continue;
     for (let i = 0; i < c.start.length; i++) {
       const start = c.start[i];
       if (start > q.to || start + length <= q.from || start <= after) continue;
@@ -100,6 +119,7 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
       starts.push(start);
       views.push({
         start: isoTime(start),
+        end: isoTime(start + length),
         min: c.min[i],
         max: c.max[i],
         avg: c.sum[i] / c.count[i],
@@ -115,7 +135,7 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     let i = starts.findIndex((s) => s > open.start);
     if (i < 0) i = starts.length;
     starts.splice(i, 0, open.start);
-    views.splice(i, 0, bucketView(bucket));
+    views.splice(i, 0, bucketView(level, bucket));
   }
   const page = pageOf(starts.map((start, i) => [start, i] as const), q.limit, (p) => p[0]);
   return {

@@ -157,8 +157,10 @@ export function mergeIntoChunk(chunk: RollupChunk | null, bucket: Bucket): Rollu
 
 /** A bucket as the API shows it. */
 export interface BucketView {
-  /** Start; the bucket ends where the next begins (start + the bucket length). */
+  /** Start. */
   start: string;
+  /** End (exclusive): the next bucket's start. */
+  end: string;
   /** Smallest value. */
   min: number;
   /** Largest value. */
@@ -172,9 +174,10 @@ export interface BucketView {
 }
 
 /** A bucket as the API shows it. */
-export function bucketView(bucket: Bucket): BucketView {
+export function bucketView(level: Level, bucket: Bucket): BucketView {
   return {
     start: isoTime(bucket.start),
+    end: isoTime(bucket.start + BUCKET_MS[level]),
     min: bucket.min,
     max: bucket.max,
     avg: bucket.sum / bucket.count,

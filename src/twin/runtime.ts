@@ -58,6 +58,8 @@ export interface TwinRuntimeOptions {
   httpTimeoutMs?: number;
   /** Keep telemetry history and rollups (default true). */
   history?: boolean;
+  /** Told the outcome of every message: `ok` or the error code (for metrics). */
+  observe?(message: TwinMessage, outcome: string, reply: unknown): void;
 }
 
 /** Twin actors, their commits and their timers. */
@@ -72,6 +74,7 @@ export class TwinRuntime {
   #loops: ReturnType<typeof setInterval>[] = [];
   #timersRunning: Promise<number> | null = null;
   #stats = { batches: 0, batchedRequests: 0, commitMs: 0 };
+  #observe: TwinRuntimeOptions["observe"];
 
   /** Creates a runtime; call {@link start} to run its timer and idle-collection loops. */
   constructor(options: TwinRuntimeOptions) {
@@ -80,6 +83,7 @@ export class TwinRuntime {
     this.#bus = options.bus;
     this.#logger = options.logger;
     this.#kinds = options.kinds;
+    this.#observe = options.observe;
     this.#batcher = new CommitBatcher(options.kv, {
       ...options.batcher,
       onBatch: (requests, ms) => {
@@ -120,7 +124,16 @@ export class TwinRuntime {
 
   /** Sends a message to twin `id`; resolves with its reply once the turn has committed. */
   send(id: string, message: TwinMessage): Promise<unknown> {
-    return this.#directory.send(id, message);
+    const reply = this.#directory.send(id, message);
+    const observe = this.#observe;
+    if (!observe) return reply;
+    return reply.then((value) => {
+      observe(message, "ok", value);
+      return value;
+    }, (error) => {
+      observe(message, error instanceof DoppelError ? error.code : "error", undefined);
+      throw error;
+    });
   }
 
   /** Applies telemetry items (already parsed JSON) to a twin. */

@@ -97,6 +97,7 @@ export type TwinMessage =
   | { type: "desired.ack"; version: number }
   | { type: "alarm.acknowledge"; alarmId: string }
   | { type: "alarm.clear"; alarmId: string }
+  | { type: "wake" }
   | { type: "tick"; dueAt: number };
 
 /** What a session gets when it opens: what it must push to the device straight away. */
@@ -378,6 +379,8 @@ class Turn {
           draft.changed = true;
         }
         return { acked: draft.state.desiredAcked };
+      case "wake":
+        return {}; // Only for the turn's end: timers set from the state as it is.
       case "tick":
         return this.#tick(draft, message.dueAt);
     }

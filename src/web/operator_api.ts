@@ -181,7 +181,8 @@ export function operatorApi(s: Services): Hono {
 
   api.get("/devices/:id/telemetry", async (c) => {
     const id = c.req.param("id");
-    await requireDevice(s, id);
+    const device = await s.registry.get(id);
+    if (!device) throw new DoppelError("not_found", `Device ${id} is not registered.`);
     const metric = c.req.query("metric");
     if (!metric) {
       throw validationError("Query parameter metric is required:", [{
@@ -196,7 +197,7 @@ export function operatorApi(s: Services): Hono {
         message: "must be 1m, 1h or 1d (omit it for raw points)",
       }]);
     }
-    const now = Date.now();
+    const now = s.clock.now();
     const to = timeParam(c.req.query("to"), "to") ?? now;
     const span = bucket === undefined ? 3_600_000 : BUCKET_MS[bucket as Level] * 1440;
     const from = timeParam(c.req.query("from"), "from") ?? to - span;
@@ -218,6 +219,8 @@ export function operatorApi(s: Services): Hono {
         bucket: bucket as Level | undefined,
         limit: intParam(c, "limit", { min: 1, max: 100_000, fallback: 1000 }),
         after,
+        now,
+        retention: s.runtime.kindOf(device.kind).retention,
       }),
     );
   });

@@ -4,6 +4,7 @@
  */
 import { type CommandRecord, TERMINAL_STATUSES } from "../commands/model.ts";
 import type { EventBus } from "../events/bus.ts";
+import type { Clock } from "../clock.ts";
 import type { Logger } from "../log.ts";
 import type { PushNotifier } from "../push/notifier.ts";
 import type { AdminAuth } from "../registry/admin.ts";
@@ -15,6 +16,8 @@ import type { TwinRuntime } from "../twin/runtime.ts";
 export interface Services {
   /** The store. */
   kv: Deno.Kv;
+  /** Time. */
+  clock: Clock;
   /** Devices and their keys. */
   registry: Registry;
   /** Twin actors. */

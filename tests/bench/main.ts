@@ -322,7 +322,8 @@ async function main(): Promise<void> {
         `  server CPU during commands: main ${c.serverCpu.main.toFixed(0)}%, other threads ` +
           `${c.serverCpu.others.toFixed(0)}%; responder: ${c.responder.commands} commands, ` +
           `${c.responder.answered} results acknowledged, ${c.responder.errors} errors, ` +
-          `${c.responder.lostClients} clients lost`,
+          `${c.responder.lostClients} clients lost` +
+          (c.othersCpu !== null ? `; other processes ${c.othersCpu.toFixed(0)}% of a core` : ""),
       );
     }
     rows.push({

@@ -34,6 +34,8 @@ export interface MqttThroughput extends TelemetryResult {
   brokerCpu: { main: number; others: number; top: string } | null;
   /** Busy % of all the machine's cores in the window. */
   machineBusy: number | null;
+  /** CPU other processes (not the broker, the load generator or the bench) used, % of a core. */
+  othersCpu: number | null;
 }
 
 /** Command round-trip figures. */
@@ -59,6 +61,8 @@ export interface CommandLatency {
   responder: ResponderResult;
   /** Server CPU while commands ran. */
   serverCpu: { main: number; others: number; top: string } | null;
+  /** CPU other processes (not the server, the responder or the bench) used, % of a core. */
+  othersCpu: number | null;
 }
 
 /** What the MQTT part measured. */
@@ -222,6 +226,12 @@ function logThroughput(log: (line: string) => void, r: MqttThroughput): void {
     );
   }
   if (r.machineBusy !== null) parts.push(`machine ${r.machineBusy.toFixed(0)}% busy`);
+  if (r.othersCpu !== null) {
+    parts.push(
+      `other processes ${r.othersCpu.toFixed(0)}% of a core` +
+        (r.othersCpu > 20 ? " -- WARNING: the machine was not quiet, figure is noisy" : ""),
+    );
+  }
   if (parts.length) log(`      CPU: ${parts.join("; ")}`);
 }
 
@@ -240,11 +250,13 @@ async function telemetryRun(
   const timeout = 60_000 + (config.warmupMs ?? 0) + (config.windowMs ?? 0);
   await child.line((l) => l === "WINDOW_START", timeout);
   const cpuBefore = threadCpu(broker.process.pid);
+  const others = othersMeter([broker, child]);
   const machineBefore = machineCpu();
   const t0 = performance.now();
   await child.line((l) => l === "WINDOW_END", timeout);
   const seconds = (performance.now() - t0) / 1000;
   const brokerCpu = cpuShare(cpuBefore, threadCpu(broker.process.pid), seconds);
+  const othersCpu = others(seconds);
   const machineAfter = machineCpu();
   const result = JSON.parse(
     (await child.line((l) => l.startsWith("BENCH_RESULT "), 60_000)).slice(13),
@@ -253,6 +265,7 @@ async function telemetryRun(
   return {
     ...result,
     brokerCpu,
+    othersCpu,
     machineBusy: machineBefore && machineAfter
       ? (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total) *
         100
@@ -318,6 +331,7 @@ async function commandRun(
   let sent = 0;
   let measuredFrom = 0;
   let cpuBefore: ReturnType<typeof threadCpu> = null;
+  let others: (seconds: number) => number | null = () => null;
   let m0 = 0;
   while (sent < total) {
     const due = Math.min(total, Math.floor((performance.now() - t0) / 1000 * rate) + 1);
@@ -326,6 +340,7 @@ async function commandRun(
       if (measured && !measuredFrom) {
         measuredFrom = sent;
         cpuBefore = threadCpu(server.process.pid);
+        others = othersMeter([server, child]);
         m0 = performance.now();
       }
       const p = send(sent++, measured);
@@ -337,6 +352,7 @@ async function commandRun(
   const sendSeconds = (performance.now() - m0) / 1000;
   await Promise.all(inFlight);
   const serverCpu = cpuShare(cpuBefore, threadCpu(server.process.pid), sendSeconds);
+  const othersCpu = others(sendSeconds);
   child.process.stdin.close();
   const responder = JSON.parse(
     (await child.line((l) => l.startsWith("BENCH_RESULT "), 30_000)).slice(13),
@@ -361,6 +377,33 @@ async function commandRun(
     failures,
     responder,
     serverCpu,
+    othersCpu,
+  };
+}
+
+/**
+ * Starts measuring the CPU the rest of the machine uses: all busy time minus that of `children`
+ * and of this process. The returned function gives it for the time since, as % of one core.
+ */
+function othersMeter(children: Child[]): (seconds: number) => number | null {
+  const ours = (): number | null => {
+    let sum = 0;
+    for (const pid of [Deno.pid, ...children.map((c) => c.process.pid)]) {
+      const cpu = threadCpu(pid);
+      if (!cpu) return null;
+      sum += cpu.main + cpu.others;
+    }
+    return sum;
+  };
+  const machineBefore = machineCpu();
+  const oursBefore = ours();
+  return (seconds) => {
+    const machineAfter = machineCpu();
+    const oursAfter = ours();
+    if (!machineBefore || !machineAfter || oursBefore === null || oursAfter === null) return null;
+    // /proc/stat counts in USER_HZ (100 per second) summed over all cores.
+    const busy = (machineAfter.busy - machineBefore.busy) / 100;
+    return Math.max(0, busy - (oursAfter - oursBefore)) / seconds * 100;
   };
 }
 
