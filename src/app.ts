@@ -19,6 +19,13 @@ import { SessionHub, type SessionOptions } from "./transports/sessions.ts";
 import { websocketStream } from "./transports/ws_stream.ts";
 import { TwinRuntime, type TwinRuntimeOptions } from "./twin/runtime.ts";
 import { deviceApi, fastTelemetry, isFastTelemetry } from "./web/device_api.ts";
+import { DoppelMetrics } from "./metrics/doppel.ts";
+import { timingSafeEqual } from "./registry/secrets.ts";
+import type { TwinMessage } from "./twin/turn.ts";
+import { requireOperator } from "./web/auth.ts";
+import { dashboardRoutes } from "./web/dashboard/routes.tsx";
+import { Sessions } from "./web/session.ts";
+import { serveStream } from "./web/stream.ts";
 import { errorResponse } from "./web/http.ts";
 import { operatorApi } from "./web/operator_api.ts";
 import { commandWaiter, type Services } from "./web/services.ts";
@@ -41,6 +48,8 @@ export interface AppDeps {
   sessions?: SessionOptions;
   /** Runs the embedded MQTT endpoint (served by `mqtt.handle` and at `/mqtt`). */
   mqtt?: boolean;
+  /** A token that may read `/metrics` besides the operator token. */
+  metricsToken?: string;
   /** Web push: VAPID keys (generated and kept in KV when absent), alarm severities pushed. */
   push?: { vapid?: Partial<Vapid>; severities?: Severity[]; fetch?: typeof fetch };
   /** Runtime tuning (activation bound, idle timeout, batching). */
@@ -85,6 +94,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   // Registry followers added after construction (the broker bridge's credential sync).
   const observers: Array<(event: RegistryEvent) => Promise<void>> = [];
   const shutdown = new AbortController();
+  // Metrics are created below, once what they read exists; the runtime reports through this.
+  let observe: (message: TwinMessage, outcome: string, reply: unknown) => void = () => {};
   const runtime = new TwinRuntime({
     kv,
     clock,
@@ -92,6 +103,14 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     bus,
     logger,
     ...deps.runtime,
+    observe: (message, outcome, reply) => observe(message, outcome, reply),
+    batcher: {
+      ...deps.runtime?.batcher,
+      onBatch: (requests, ms) => {
+        metrics.batch(requests, ms);
+        deps.runtime?.batcher?.onBatch?.(requests, ms);
+      },
+    },
   });
   const vault = await KeyVault.fromSecret(deps.secret);
   const push = new PushNotifier({
@@ -131,9 +150,21 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     options: deps.sessions,
   });
   const { auth: admin, created } = await AdminAuth.init(kv, deps.adminToken);
+  const streams = { open: 0 };
+  const metrics = new DoppelMetrics({
+    activations: () => runtime.activations,
+    sessions: () => sessions.counts(),
+    push: () => push.stats,
+    streams: () => streams.open,
+  });
+  const stopMetrics = metrics.listen(bus);
+  observe = (message, outcome, reply) => metrics.message(message, outcome, reply);
   const services: Services = {
     kv,
     clock,
+    logins: new Sessions(kv),
+    metrics,
+    streams,
     registry,
     runtime,
     admin,
@@ -163,6 +194,27 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     errorResponse(new DoppelError("not_found", `No route for ${c.req.method} ${c.req.path}.`))
   );
   app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/metrics", async (c) => {
+    const header = c.req.header("authorization") ?? "";
+    const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+    const metricsToken = deps.metricsToken;
+    const allowed = token !== undefined &&
+      ((metricsToken !== undefined && timingSafeEqual(token, metricsToken)) ||
+        await admin.verify(token));
+    if (!allowed) {
+      throw new DoppelError(
+        "unauthorized",
+        "Send the operator token (or DOPPEL_METRICS_TOKEN) as Authorization: Bearer <token>.",
+      );
+    }
+    return c.body(metrics.registry.render(), 200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+    });
+  });
+  app.get("/api/v1/stream", async (c) => {
+    await requireOperator(c, admin, services.logins);
+    return serveStream(c, services);
+  });
   const mqtt = deps.mqtt
     ? await createMqttEndpoint({ runtime, registry, sessions, kv, logger })
     : undefined;
@@ -183,6 +235,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   }
   app.route("/api/v1", operatorApi(services));
   app.route("/device/v1", deviceApi(services));
+  app.route("/", dashboardRoutes(services));
 
   return {
     app,
@@ -205,6 +258,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
       await mqtt?.close();
       await runtime.close();
       await push.close();
+      stopMetrics();
     },
   };
 }

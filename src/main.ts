@@ -122,6 +122,7 @@ async function main(): Promise<void> {
     adminToken: config.adminToken,
     logger,
     mqtt: true,
+    metricsToken: Deno.env.get("DOPPEL_METRICS_TOKEN") || undefined,
     push: {
       vapid: {
         publicKey: Deno.env.get("DOPPEL_VAPID_PUBLIC_KEY"),

@@ -112,7 +112,10 @@ export function parseOptions(
     const arg = args[i];
     const match = /^--([a-z][a-z-]*)(?:=(.*))?$/s.exec(arg);
     if (!match) {
-      throw new UsageError(arg, `Unexpected argument ${JSON.stringify(arg)}; flags look like --devices 10.`);
+      throw new UsageError(
+        arg,
+        `Unexpected argument ${JSON.stringify(arg)}; flags look like --devices 10.`,
+      );
     }
     const [, name, inline] = match;
     if (SWITCHES.has(name)) {

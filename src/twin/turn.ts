@@ -156,6 +156,7 @@ export type Notice =
   | { type: "command.changed"; command: CommandRecord }
   | { type: "event"; deviceId: string; event: TwinEvent }
   | { type: "presence.changed"; deviceId: string; connection: Connection }
+  | { type: "telemetry"; deviceId: string; items: Array<{ ts: number; values: JsonObject }> }
   | {
     type: "alarm.changed";
     deviceId: string;
@@ -735,6 +736,13 @@ class Turn {
     this.#update(draft, {
       connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
     });
+    if (accepted > 0) {
+      draft.notices.push({
+        type: "telemetry",
+        deviceId: draft.state.id,
+        items: parsed.map(({ ts, values }) => ({ ts, values })),
+      });
+    }
     draft.changed = true;
     return { accepted, duplicates };
   }

@@ -7,11 +7,23 @@ import type { Context } from "hono";
 import { DoppelError } from "../errors.ts";
 import type { AdminAuth } from "../registry/admin.ts";
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
+import { checkCsrf, type Sessions } from "./session.ts";
 
-/** Refuses the request unless it carries the operator token. */
-export async function requireOperator(c: Context, admin: AdminAuth): Promise<void> {
-  const header = c.req.header("authorization") ?? "";
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+/**
+ * Refuses the request unless it carries the operator token (`Authorization: Bearer`) or, from
+ * the dashboard, a session cookie with its CSRF token for anything that changes state.
+ */
+export async function requireOperator(
+  c: Context,
+  admin: AdminAuth,
+  sessions?: Sessions,
+): Promise<void> {
+  const header = c.req.header("authorization");
+  if (header === undefined && sessions) {
+    const found = await sessions.fromRequest(c);
+    if (found) return await checkCsrf(c, found.session);
+  }
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
   if (!match) {
     throw new DoppelError(
       "unauthorized",

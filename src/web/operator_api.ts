@@ -33,7 +33,7 @@ const COMMAND_STATUSES = new Set([
 export function operatorApi(s: Services): Hono {
   const api = new Hono();
   api.use("*", async (c, next) => {
-    await requireOperator(c, s.admin);
+    await requireOperator(c, s.admin, s.logins);
     await next();
   });
 

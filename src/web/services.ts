@@ -5,6 +5,8 @@
 import { type CommandRecord, TERMINAL_STATUSES } from "../commands/model.ts";
 import type { EventBus } from "../events/bus.ts";
 import type { Clock } from "../clock.ts";
+import type { DoppelMetrics } from "../metrics/doppel.ts";
+import type { Sessions } from "./session.ts";
 import type { Logger } from "../log.ts";
 import type { PushNotifier } from "../push/notifier.ts";
 import type { AdminAuth } from "../registry/admin.ts";
@@ -24,6 +26,12 @@ export interface Services {
   runtime: TwinRuntime;
   /** Open device sessions (WebSocket, MQTT). */
   sessions: SessionHub;
+  /** Dashboard sign-in sessions. */
+  logins: Sessions;
+  /** Metrics. */
+  metrics: DoppelMetrics;
+  /** Open live-update streams (for metrics). */
+  streams: { open: number };
   /** Operator token check. */
   admin: AdminAuth;
   /** Web push to operators. */
