@@ -467,7 +467,7 @@ function alarmsPage() {
 
 // ---- Push opt-in ----------------------------------------------------------------------------
 
-async function setupPush() {
+function setupPush() {
   const button = document.getElementById("push-optin");
   if (!button || !("serviceWorker" in navigator) || !("PushManager" in window)) return;
   button.hidden = false;
