@@ -26,6 +26,7 @@ import { requireOperator } from "./web/auth.ts";
 import { dashboardRoutes } from "./web/dashboard/routes.tsx";
 import { Sessions } from "./web/session.ts";
 import { serveStream } from "./web/stream.ts";
+import { docsHtml, openApiDocument } from "./web/openapi.ts";
 import { errorResponse } from "./web/http.ts";
 import { operatorApi } from "./web/operator_api.ts";
 import { commandWaiter, type Services } from "./web/services.ts";
@@ -233,6 +234,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
       return response;
     });
   }
+  app.get("/api/v1/openapi.json", (c) => c.json(openApiDocument({ routes: app.routes })));
+  app.get("/docs", (c) => c.html(docsHtml({ routes: app.routes })));
   app.route("/api/v1", operatorApi(services));
   app.route("/device/v1", deviceApi(services));
   app.route("/", dashboardRoutes(services));

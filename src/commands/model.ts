@@ -47,7 +47,7 @@ export interface CommandRecord {
   status: CommandStatus;
   /** Result the device returned, if any. */
   result?: Json;
-  /** Who asked: `operator` or `rule`. */
+  /** Who asked: an `operator`, or the `twin` itself (a rule or handler). */
   source: "operator" | "twin";
   /** When it was created. */
   createdAt: string;

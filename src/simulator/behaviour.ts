@@ -83,12 +83,9 @@ export class ThermostatBehaviour implements DeviceBehaviour {
       const target = typeof args.targetTemperature === "number"
         ? args.targetTemperature
         : this.physics.targetTemperature;
-      const from = this.physics.sample(now).temperature;
-      this.physics.cool(target);
-      return {
-        status: "succeeded",
-        result: { cooling: true, from, targetTemperature: target, mode: this.physics.mode },
-      };
+      const from = this.physics.temperature;
+      this.physics.cool(target, now);
+      return { status: "succeeded", result: { cooling: true, from, targetTemperature: target } };
     }
     if (name === "reboot") {
       this.physics.reboot();

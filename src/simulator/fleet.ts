@@ -35,6 +35,7 @@ export class FleetError extends Error {
 export class KeyStore {
   readonly #path: string;
   #content: KeyFileContent;
+  #dirty = false;
 
   private constructor(path: string, content: KeyFileContent) {
     this.#path = path;
@@ -78,15 +79,19 @@ export class KeyStore {
   /** Remembers a key. */
   set(server: string, id: string, key: string, kind: string): void {
     (this.#content.servers[origin(server)] ??= {})[id] = { key, kind };
+    this.#dirty = true;
   }
 
   /** Forgets a key. */
   delete(server: string, id: string): void {
-    delete this.#content.servers[origin(server)]?.[id];
+    if (this.#content.servers[origin(server)]?.[id] === undefined) return;
+    delete this.#content.servers[origin(server)][id];
+    this.#dirty = true;
   }
 
-  /** Writes the file (atomically, mode 0600), creating its folder. */
+  /** Writes the file if anything changed (atomically, mode 0600), creating its folder. */
   async save(): Promise<void> {
+    if (!this.#dirty) return;
     const slash = this.#path.lastIndexOf("/");
     if (slash > 0) await Deno.mkdir(this.#path.slice(0, slash), { recursive: true });
     const temp = `${this.#path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
@@ -96,6 +101,7 @@ export class KeyStore {
       });
       await Deno.chmod(temp, 0o600);
       await Deno.rename(temp, this.#path);
+      this.#dirty = false;
     } catch (error) {
       await Deno.remove(temp).catch(() => {});
       throw new FleetError(`Cannot write the key file ${this.#path}: ${(error as Error).message}`);

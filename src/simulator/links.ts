@@ -195,14 +195,21 @@ export class MqttLink implements Link {
       const was = this.#ready;
       this.#ready = false;
       this.#failPending(new LinkError("connection lost"));
-      if (was && !this.#closing) handlers.disconnected("connection lost");
+      if (was && !this.#closing) {
+        handlers.error(new LinkError("connection lost"));
+        handlers.disconnected("connection lost");
+      }
     });
     client.on("error", (error) => {
       if (this.#closing) return;
       const code = (error as Error & { code?: unknown }).code;
       handlers.error(
         new LinkError(
-          typeof code === "number" ? `mqtt refused (${code})` : "mqtt error",
+          typeof code === "number"
+            ? `mqtt refused (code ${code})`
+            : typeof code === "string"
+            ? `mqtt ${code}`
+            : "mqtt error",
           error.message,
         ),
       );
@@ -359,7 +366,10 @@ export class WsLink implements Link {
       if (!opened) {
         handlers.error(new LinkError("ws connect failed", `close code ${event.code}`));
       } else if (event.code !== 1000) {
-        handlers.error(new LinkError(`ws closed (${event.code})`, event.reason));
+        const lost = event.code === 1006 || event.code === 0;
+        handlers.error(
+          new LinkError(lost ? "connection lost" : `ws closed (${event.code})`, event.reason),
+        );
       }
       if (was) handlers.disconnected(`close ${event.code}`);
       this.#scheduleRetry();
@@ -535,9 +545,15 @@ export class HttpLink implements Link {
   async #pollLoop(): Promise<void> {
     const handlers = this.#handlers!;
     let attempt = 0;
+    let commanded = false;
     while (!this.#stop.signal.aborted) {
       try {
-        if (Date.now() - this.#lastTwinAt >= HttpLink.TWIN_INTERVAL_MS || !this.#ready) {
+        // Desired state is read now and then, when the link (re)starts, and after commands (an
+        // operator who commands a device has often just changed what it should be).
+        if (
+          commanded || !this.#ready ||
+          Date.now() - this.#lastTwinAt >= HttpLink.TWIN_INTERVAL_MS
+        ) {
           await this.#readTwin();
         }
         const body = await this.#send(
@@ -549,6 +565,7 @@ export class HttpLink implements Link {
         );
         attempt = 0;
         const items = isObject(body) && Array.isArray(body.items) ? body.items : [];
+        commanded = items.length > 0;
         for (const item of items) {
           if (isObject(item) && typeof item.id === "string" && typeof item.name === "string") {
             handlers.command({ id: item.id, name: item.name, payload: item.payload });

@@ -106,6 +106,8 @@ export function parseOptions(
   args: readonly string[],
   env: (name: string) => string | undefined,
 ): SimOptions {
+  // An empty variable counts as unset.
+  const fromEnv = (name: string) => env(name) || undefined;
   const given = new Map<string, string>();
   const switches = new Set<string>();
   for (let i = 0; i < args.length; i++) {
@@ -141,11 +143,11 @@ export function parseOptions(
     given.set(name, value);
   }
 
-  const url = parseHttpUrl(given.get("url") ?? env("DOPPEL_URL") ?? "http://localhost:8000");
+  const url = parseHttpUrl(given.get("url") ?? fromEnv("DOPPEL_URL") ?? "http://localhost:8000");
   const mqttUrl = parseMqttUrl(
-    given.get("mqtt-url") ?? env("DOPPEL_MQTT_URL") ?? `mqtt://${new URL(url).hostname}:1883`,
+    given.get("mqtt-url") ?? fromEnv("DOPPEL_MQTT_URL") ?? `mqtt://${new URL(url).hostname}:1883`,
   );
-  const token = given.get("token") ?? env("DOPPEL_ADMIN_TOKEN");
+  const token = given.get("token") ?? fromEnv("DOPPEL_ADMIN_TOKEN");
   const devices = integer("devices", given.get("devices") ?? "10", 1, 100_000);
   const rate = positive("rate", given.get("rate") ?? "1", 1000);
   const protocol = oneOf("protocol", given.get("protocol") ?? "mqtt", PROTOCOLS);

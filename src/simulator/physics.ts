@@ -59,6 +59,8 @@ const HEAT_UP_TAU = 3;
 const COOL_DOWN_TAU = 15;
 const SENSOR_NOISE = 0.05;
 const AMBIENT = 25;
+/** How long a cooled room stays calm (ms). */
+export const CALM_MS = 120_000;
 
 /**
  * A simulated room with a thermostat: call {@link sample} for each reading (at any spacing), and
@@ -84,6 +86,10 @@ export class ThermostatPhysics {
   #lastAt: number | undefined;
   /** While overheating: when it ends, and how hot it gets. */
   #excursion: { until: number; peak: number } | undefined;
+  /** After a `cool` command, no new overheating starts before this time (epoch ms). */
+  #calmUntil = 0;
+  /** Where a `cool` command sends the room while calm. */
+  #coolTarget = 0;
 
   constructor(random: Random, settings: ThermostatSettings = {}) {
     this.#random = random;
@@ -93,6 +99,11 @@ export class ThermostatPhysics {
     this.#room = this.targetTemperature + gaussian(random) * 0.3;
     this.#humidityBase = 38 + 9 * random();
     this.#humidity = this.#humidityBase;
+  }
+
+  /** The room's temperature as of the last sample (°C, two decimals). */
+  get temperature(): number {
+    return round(this.#room, 2);
   }
 
   /** Whether the room is overheating now. */
@@ -107,7 +118,9 @@ export class ThermostatPhysics {
     const random = this.#random;
 
     if (this.#excursion && now >= this.#excursion.until) this.#excursion = undefined;
-    if (!this.#excursion && this.#excursionRate > 0 && this.mode !== "off") {
+    if (
+      !this.#excursion && this.#excursionRate > 0 && this.mode !== "off" && now >= this.#calmUntil
+    ) {
       const chance = 1 - Math.pow(1 - this.#excursionRate, dt / 60);
       if (random() < chance) this.#startExcursion(now);
     }
@@ -119,6 +132,8 @@ export class ThermostatPhysics {
 
     const goal = this.#excursion
       ? this.#excursion.peak
+      : now < this.#calmUntil
+      ? this.#coolTarget + this.#offset
       : this.mode === "off"
       ? AMBIENT + this.#offset
       : this.targetTemperature + this.#offset;
@@ -142,11 +157,15 @@ export class ThermostatPhysics {
     this.#startExcursion(now);
   }
 
-  /** Cools towards `target`: any overheating ends and the room heads back down. */
-  cool(target: number): void {
+  /**
+   * Cools towards `target` from time `now`: any overheating ends, the room heads down to
+   * `target` and stays there for {@link CALM_MS}, with no new overheating meanwhile; then it
+   * returns to following {@link targetTemperature} (which a `cool` does not change).
+   */
+  cool(target: number, now: number): void {
     this.#excursion = undefined;
-    this.targetTemperature = target;
-    if (this.mode === "off") this.mode = "cool";
+    this.#calmUntil = now + CALM_MS;
+    this.#coolTarget = target;
   }
 
   /** A new target temperature. */

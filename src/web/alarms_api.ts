@@ -14,7 +14,7 @@ import type { Services } from "./services.ts";
 const STATES = new Set(["active", "acknowledged", "cleared"]);
 
 /** `POST /api/v1/push/subscriptions`: a browser's `PushSubscription.toJSON()`. */
-export const PushSubscriptionBody = z.object({
+export const PushSubscriptionBody = z.strictObject({
   endpoint: z.url({ protocol: /^https?$/ }).max(2048),
   keys: z.object({
     p256dh: z.string().min(1).max(256),

@@ -184,9 +184,10 @@ export const TelemetryAccepted = z.object({
 /** A raw history point. */
 export const HistoryPoint = z.object({ ts: Time, value: z.number() });
 
-/** A rollup bucket; it ends where the next bucket of its level begins. */
+/** A rollup bucket, `[start, end)`. */
 export const HistoryBucket = z.object({
   start: Time,
+  end: Time.describe("exclusive: start + the bucket length"),
   min: z.number(),
   max: z.number(),
   avg: z.number(),

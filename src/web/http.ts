@@ -117,7 +117,10 @@ export function errorResponse(error: unknown): Response {
   if (error instanceof DoppelError) {
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (error.code === "unauthorized") headers["www-authenticate"] = 'Basic realm="doppel"';
-    if (error.code === "rate_limited") headers["retry-after"] = "1";
+    if (error.code === "rate_limited") {
+      const seconds = (error.details as { retryAfter?: number } | undefined)?.retryAfter ?? 1;
+      headers["retry-after"] = String(seconds);
+    }
     return new Response(JSON.stringify(error), { status: error.status, headers });
   }
   return new Response(

@@ -16,6 +16,7 @@ import { z } from "zod";
 import { PushSubscriptionBody } from "./alarms_api.ts";
 import * as R from "./api_schemas.ts";
 import { CommandResult, CreateCommand, RegisterDevice, UpdateDevice } from "./schemas.ts";
+import { SESSION_COOKIE } from "./session.ts";
 
 /** A route as Hono lists it in `app.routes`. */
 export interface RouteInfo {
@@ -31,7 +32,7 @@ export interface OpenApiOptions {
   routes?: readonly RouteInfo[];
   /** The server URL (default `/`: the host serving the document). */
   serverUrl?: string;
-  /** Name of the dashboard's session cookie. */
+  /** Name of the dashboard's session cookie (default: the dashboard's). */
   sessionCookie?: string;
 }
 
@@ -64,7 +65,7 @@ const DESCRIPTIONS: Record<string, string> = {
   TelemetryBody: "One telemetry item or a batch of up to 500.",
   TelemetryAccepted: "Telemetry is durable.",
   HistoryPoint: "A raw history point.",
-  HistoryBucket: "A rollup bucket; it ends where the next bucket of its level begins.",
+  HistoryBucket: "A rollup bucket over `[start, end)`.",
   HistoryPage: "A page of telemetry history, oldest first.",
   CommandStatus: "`queued` → `delivered` → `succeeded` | `failed`; or `expired`, `timed_out`.",
   StatusChange: "One step in a command's life.",
@@ -179,7 +180,11 @@ function schemaOf(schema: z.ZodType): JsonSchema {
 // ---------------------------------------------------------------------------------------------
 // Operations
 
-type Security = "operator" | "device" | "public" | "session" | "operatorOrSession" | "mqtt";
+/**
+ * `operator`: the bearer token, or the dashboard's session cookie (with `X-CSRF-Token` on unsafe
+ * methods); `bearer`: the bearer token only; `session`: the dashboard's cookie only.
+ */
+type Security = "operator" | "bearer" | "device" | "public" | "session" | "mqtt";
 type ErrorStatus = 400 | 401 | 403 | 404 | 409 | 412 | 413 | 415 | 429;
 
 interface Param {
@@ -493,7 +498,7 @@ function operations(): Op[] {
       tag: "telemetry",
       summary: "Telemetry history of one metric",
       description:
-        "Raw points (`{ts, value}`) or, with `bucket`, rollups (`{start, min, max, avg, count, " +
+        "Raw points (`{ts, value}`) or, with `bucket`, rollups (`{start, end, min, max, avg, count, " +
         "last}`), oldest first. Default range: the last hour of points, or 1440 buckets.",
       security: "operator",
       params: [
@@ -662,15 +667,24 @@ function operations(): Op[] {
       path: "/api/v1/stream",
       operationId: "streamEvents",
       tag: "stream",
-      summary: "Live fleet changes (Server-Sent Events)",
+      summary: "Live changes (Server-Sent Events)",
       description:
-        "An `text/event-stream` of twin, presence, command and alarm changes as they commit, " +
-        "each event's `data` a JSON object. Reconnect with `Last-Event-ID` where supported.",
-      security: "operatorOrSession",
+        "A `text/event-stream` that stays open. First `event: hello` (`{device}`); then, every " +
+        "100 ms for a device (every 250 ms for the fleet), `event: notices` with a JSON array of " +
+        "the changes committed since (for a device: telemetry, twin, commands, alarms, presence, " +
+        "events; for the fleet: alarms and presence), and for the fleet `event: stats` every " +
+        "second (`{messagesPerSecond, pointsPerSecond, activeTwins, connected}`).",
+      security: "operator",
+      params: [{
+        name: "device",
+        in: "query",
+        description: "one device's changes; omit for the fleet's",
+        schema: str,
+      }],
       responses: {
-        200: { description: "The event stream; it stays open.", type: "text/event-stream" },
+        200: { description: "The event stream.", type: "text/event-stream" },
       },
-      errors: [401],
+      errors: [401, 403],
     },
     // ----- device API
     {
@@ -799,8 +813,9 @@ function operations(): Op[] {
       operationId: "metrics",
       tag: "system",
       summary: "Prometheus metrics",
-      description: "Text exposition format 0.0.4.",
-      security: "operator",
+      description: "Text exposition format 0.0.4. Bearer: the operator token, or " +
+        "`DOPPEL_METRICS_TOKEN` when set (for scrapers).",
+      security: "bearer",
       responses: {
         200: { description: "Metrics.", type: "text/plain; version=0.0.4" },
       },
@@ -858,73 +873,119 @@ function operations(): Op[] {
 }
 
 function dashboardPages(): Op[] {
-  const page = (
-    method: "get" | "post",
-    path: string,
-    operationId: string,
-    summary: string,
-    security: Security,
-    extra: Partial<Op> = {},
-  ): Op => ({
-    method,
+  const html = (description: string): Resp => ({ description, type: "text/html" });
+  const toLogin: Resp = { description: "Not signed in: redirect to `/login`." };
+  const page = (path: string, operationId: string, summary: string, params?: Param[]): Op => ({
+    method: "get",
     path,
     operationId,
     tag: "dashboard",
     summary,
-    security,
-    responses: {
-      200: { description: "An HTML page.", type: "text/html" },
-      ...(security === "session"
-        ? { 303: { description: "Not signed in: redirect to `/login`." } }
-        : {}),
-    },
+    security: "session",
+    params,
+    responses: { 200: html("The page."), 303: toLogin },
     errors: [],
     extensions: { "x-dashboard": true },
-    ...extra,
+  });
+  const file = (
+    path: string,
+    operationId: string,
+    summary: string,
+    responses: Record<string, Resp>,
+    params?: Param[],
+  ): Op => ({
+    method: "get",
+    path,
+    operationId,
+    tag: "dashboard",
+    summary,
+    security: "public",
+    params,
+    responses,
+    errors: [],
+    extensions: { "x-dashboard": true },
   });
   return [
-    page("get", "/", "dashboardHome", "Fleet overview", "session"),
-    page("get", "/devices", "dashboardDevices", "Devices", "session"),
-    page(
-      "get",
-      "/devices/{id}",
-      "dashboardDevice",
-      "One device: twin, history, commands",
-      "session",
-      {
-        params: [idParam],
-      },
-    ),
-    page("get", "/alarms", "dashboardAlarms", "Alarms", "session"),
-    page("get", "/login", "loginPage", "Sign-in form", "public"),
-    page("post", "/login", "login", "Sign in with the operator token", "public", {
-      description: "Sets the session cookie and redirects to the dashboard.",
+    page("/", "dashboardOverview", "Fleet overview"),
+    page("/devices", "dashboardDevices", "Devices"),
+    page("/devices/{id}", "dashboardDevice", "One device: twin, history, commands, alarms", [
+      idParam,
+    ]),
+    page("/alarms", "dashboardAlarms", "Alarms"),
+    {
+      method: "get",
+      path: "/login",
+      operationId: "loginForm",
+      tag: "dashboard",
+      summary: "Sign-in form",
+      description: "Sets a short-lived cookie holding the form's CSRF token.",
+      security: "public",
+      responses: { 200: html("The form.") },
+      errors: [],
+      extensions: { "x-dashboard": true },
+    },
+    {
+      method: "post",
+      path: "/login",
+      operationId: "login",
+      tag: "dashboard",
+      summary: "Sign in with the operator token",
+      description:
+        "Exchanges the operator token for a session (HttpOnly, SameSite=Strict cookie, 12 h). " +
+        "Ten failures from one address within a minute lock it out for a minute (429).",
+      security: "public",
       body: {
-        schema: z.object({ token: z.string() }),
+        schema: z.object({
+          token: z.string().max(200).describe("the operator token"),
+          _csrf: z.string().describe("the token from the form (matches its cookie)"),
+        }),
         types: ["application/x-www-form-urlencoded"],
       },
       responses: {
-        303: { description: "Signed in: the session cookie is set." },
+        303: { description: "Signed in: the session cookie is set; redirect to `/`." },
+        401: html("Not the operator token: the form again, with the error."),
       },
-      errors: [401],
+      errors: [403, 429],
+      extensions: { "x-dashboard": true },
+    },
+    {
+      method: "post",
+      path: "/logout",
+      operationId: "logout",
+      tag: "dashboard",
+      summary: "Sign out",
+      security: "session",
+      body: {
+        schema: z.object({ _csrf: z.string().describe("the session's CSRF token") }),
+        types: ["application/x-www-form-urlencoded"],
+      },
+      responses: {
+        303: { description: "Signed out: the session cookie is cleared; redirect to `/login`." },
+      },
+      errors: [403],
+      extensions: { "x-dashboard": true },
+    },
+    file("/sw.js", "serviceWorker", "Service worker (web push notifications)", {
+      200: { description: "JavaScript.", type: "text/javascript" },
     }),
-    page("post", "/logout", "logout", "Sign out", "public", {
-      responses: { 303: { description: "Signed out: the session cookie is cleared." } },
-    }),
-    page("get", "/logout", "logoutGet", "Sign out (link)", "public", {
-      responses: { 303: { description: "Signed out: the session cookie is cleared." } },
-    }),
-    page("get", "/sw.js", "serviceWorker", "Service worker (web push)", "public", {
-      responses: { 200: { description: "JavaScript.", type: "text/javascript" } },
-    }),
-    page("get", "/assets/{path}", "asset", "Static assets (CSS, JavaScript)", "public", {
-      params: [{ name: "path", in: "path", description: "file name", schema: str }],
-      responses: { 200: { description: "The file." } },
-      errors: [404],
-      extensions: { "x-dashboard": true, "x-hono-path": "/assets/*" },
-    }),
+    file("/favicon.ico", "favicon", "No icon", { 204: { description: "Nothing." } }),
+    file(
+      "/assets/{file}",
+      "dashboardAsset",
+      "Scripts and styles of the dashboard",
+      { 200: { description: "The file (JavaScript or CSS); cached for 5 minutes." } },
+      [{
+        name: "file",
+        in: "path",
+        description: "one of the dashboard's files",
+        schema: z.enum(DASHBOARD_ASSETS),
+      }],
+    ),
   ];
 }
+
+/** The files served under `/assets/`. */
+const DASHBOARD_ASSETS = ["app.js", "app.css", "uplot.js", "uplot.css"] as const;
 
 // ---------------------------------------------------------------------------------------------
 // The document
@@ -957,7 +1018,7 @@ const ERRORS: Record<ErrorStatus, { name: string; description: string; codes: st
   403: {
     name: "Forbidden",
     description: "Not allowed for this caller: a disabled device, a gateway naming a device " +
-      "that is not its child.",
+      "that is not its child, a dashboard request without its CSRF token or from another origin.",
     codes: ["forbidden"],
   },
   404: { name: "NotFound", description: "Unknown device, command or alarm.", codes: ["not_found"] },
@@ -1032,13 +1093,13 @@ function errorResponses(): Record<string, unknown> {
 function securityOf(security: Security): Array<Record<string, string[]>> {
   switch (security) {
     case "operator":
+      return [{ operator: [] }, { session: [] }];
+    case "bearer":
       return [{ operator: [] }];
     case "device":
       return [{ device: [] }];
     case "session":
-      return [{ session: [] }, { operator: [] }];
-    case "operatorOrSession":
-      return [{ operator: [] }, { session: [] }];
+      return [{ session: [] }];
     case "public":
     case "mqtt":
       return [];
@@ -1056,8 +1117,20 @@ function content(types: string[], schema: z.ZodType | undefined, example?: unkno
   return out;
 }
 
+const csrfParam: Param = {
+  name: "X-CSRF-Token",
+  in: "header",
+  description: "with the dashboard's session cookie (not with a bearer token): the session's " +
+    "CSRF token; 403 without it",
+  schema: str,
+};
+
 function operationObject(op: Op): Record<string, unknown> {
-  const parameters = (op.params ?? []).map((p) => {
+  const unsafe = op.method !== "get";
+  const params = op.security === "operator" && unsafe
+    ? [...(op.params ?? []), csrfParam]
+    : op.params ?? [];
+  const parameters = params.map((p) => {
     const schema = schemaOf(p.repeat ? z.array(p.schema) : p.schema);
     return {
       name: p.name,
@@ -1085,7 +1158,10 @@ function operationObject(op: Op): Record<string, unknown> {
       ...(types.length > 0 ? { content: content(types, r.schema, r.example) } : {}),
     };
   }
-  for (const status of op.errors) {
+  const errors = op.security === "operator" && unsafe && !op.errors.includes(403)
+    ? [...op.errors, 403 as const].sort()
+    : op.errors;
+  for (const status of errors) {
     responses[String(status)] = { $ref: `#/components/responses/${ERRORS[status].name}` };
   }
   if (op.security !== "public" || op.body || op.params?.length) {
@@ -1119,30 +1195,45 @@ export function openApiPath(honoPath: string): string {
     .replace(/\*/g, "{*}");
 }
 
-/** Whether an OpenAPI path template is served by a Hono route path. */
-function sameShape(template: string, honoPath: string): boolean {
-  const a = template.split("/");
+/**
+ * Whether `op` is served by a Hono route path: the same segments, a Hono parameter for each
+ * template parameter, a Hono wildcard for any, or a literal the parameter's enum lists (such as
+ * `/assets/app.js` for `/assets/{file}`).
+ */
+function sameShape(op: Op, honoPath: string): boolean {
+  const a = op.path.split("/");
   const b = openApiPath(honoPath).split("/");
   if (a.length !== b.length) return false;
-  return a.every((segment, i) => segment === b[i] || (b[i] === "{*}" && /^\{.+\}$/.test(segment)));
+  return a.every((segment, i) => {
+    if (segment === b[i]) return true;
+    const param = /^\{(.+)\}$/.exec(segment)?.[1];
+    if (param === undefined) return false;
+    if (b[i] === "{*}") return true;
+    const schema = op.params?.find((p) => p.in === "path" && p.name === param)?.schema;
+    return schema instanceof z.ZodEnum && (schema.options as string[]).includes(b[i]);
+  });
 }
 
 /** Whether `routes` serve `op` (middleware `ALL` entries do not count). */
 function served(op: Op, routes: readonly RouteInfo[]): boolean {
   const method = op.method.toUpperCase();
-  return routes.some((r) => r.method.toUpperCase() === method && sameShape(op.path, r.path));
+  return routes.some((r) => r.method.toUpperCase() === method && sameShape(op, r.path));
 }
+
+/** Every operation with its OpenAPI object, built once. */
+let builtOperations: Array<{ op: Op; object: Record<string, unknown> }> | undefined;
 
 /** The OpenAPI 3.1 document. */
 export function openApiDocument(options: OpenApiOptions = {}): Record<string, unknown> {
+  builtOperations ??= operations().map((op) => ({ op, object: operationObject(op) }));
   const ops = options.routes
-    ? operations().filter((op) => served(op, options.routes!))
-    : operations();
+    ? builtOperations.filter(({ op }) => served(op, options.routes!))
+    : builtOperations;
   const paths: Record<string, Record<string, unknown>> = {};
-  for (const op of ops) {
-    (paths[op.path] ??= {})[op.method] = operationObject(op);
+  for (const { op, object } of ops) {
+    (paths[op.path] ??= {})[op.method] = object;
   }
-  const usedTags = new Set(ops.map((op) => op.tag));
+  const usedTags = new Set(ops.map(({ op }) => op.tag));
   return structuredClone({
     openapi: "3.1.0",
     jsonSchemaDialect: "https://json-schema.org/draft/2020-12/schema",
@@ -1177,8 +1268,9 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
         session: {
           type: "apiKey",
           in: "cookie",
-          name: options.sessionCookie ?? "doppel_session",
-          description: "The dashboard's session, set by `POST /login`.",
+          name: options.sessionCookie ?? SESSION_COOKIE,
+          description: "The dashboard's session, set by `POST /login`; it also opens the " +
+            "operator API to the dashboard's scripts (with `X-CSRF-Token` on unsafe methods).",
         },
       },
     },
@@ -1253,7 +1345,22 @@ const SECURITY_LABEL: Record<string, string> = {
   session: "dashboard session",
 };
 
-function renderOperation(path: string, method: string, op: Record<string, unknown>): string {
+/** A schema as JSON; a `$ref` also shows the component it names. */
+function schemaBlock(schema: unknown, schemas: Record<string, unknown>): string {
+  const name = refName(schema);
+  if (name && schemas[name] !== undefined) {
+    return `<p class="meta">schema <a href="#schema-${esc(name)}">${esc(name)}</a></p>` +
+      jsonBlock(schemas[name]);
+  }
+  return jsonBlock(schema);
+}
+
+function renderOperation(
+  path: string,
+  method: string,
+  op: Record<string, unknown>,
+  schemas: Record<string, unknown>,
+): string {
   const id = String(op.operationId);
   const color = METHOD_COLORS[method] ?? "#57606a";
   const security = op.security as Array<Record<string, unknown>>;
@@ -1292,11 +1399,20 @@ function renderOperation(path: string, method: string, op: Record<string, unknow
   }
   if (body) {
     parts.push(`<h4>Request body</h4>`);
+    // Content types with the same schema and example are shown once.
+    const groups = new Map<string, { types: string[]; schema?: unknown; example?: unknown }>();
     for (const [type, media] of Object.entries(body.content)) {
-      parts.push(`<p class="meta"><code>${esc(type)}</code></p>`);
-      if (media.schema) parts.push(jsonBlock(media.schema));
-      if (media.example !== undefined) {
-        parts.push(`<p class="meta">example</p>${jsonBlock(media.example)}`);
+      const key = JSON.stringify([media.schema, media.example]);
+      const group = groups.get(key) ?? groups.set(key, { ...media, types: [] }).get(key)!;
+      group.types.push(type);
+    }
+    for (const group of groups.values()) {
+      parts.push(
+        `<p class="meta">${group.types.map((t) => `<code>${esc(t)}</code>`).join(", ")}</p>`,
+      );
+      if (group.schema) parts.push(schemaBlock(group.schema, schemas));
+      if (group.example !== undefined) {
+        parts.push(`<p class="meta">example</p>${jsonBlock(group.example)}`);
       }
     }
   }
@@ -1320,9 +1436,13 @@ function renderOperation(path: string, method: string, op: Record<string, unknow
     const headers = response.headers
       ? ` <span class="meta">headers: ${Object.keys(response.headers).map(esc).join(", ")}</span>`
       : "";
+    const schema = media && Object.values(media).find((m) => m.schema)?.schema;
+    const detail = schema
+      ? `<details class="schema"><summary>schema</summary>${schemaBlock(schema, schemas)}</details>`
+      : "";
     parts.push(
       `<tr><td><code>${esc(status)}</code></td><td>${prose(response.description)}` +
-        `${shown ? `<br>${shown}` : ""}${headers}</td></tr>`,
+        `${shown ? `<br>${shown}` : ""}${headers}${detail}</td></tr>`,
     );
   }
   parts.push("</table></div></details>");
@@ -1335,10 +1455,10 @@ const CSS = `
 *{box-sizing:border-box}
 body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg)}
 a{color:#4493f8}
-nav{position:fixed;top:0;left:0;bottom:0;width:230px;overflow:auto;padding:16px;border-right:1px solid var(--line);background:var(--panel)}
+nav{position:fixed;top:0;left:0;bottom:0;width:270px;overflow:auto;padding:16px;border-right:1px solid var(--line);background:var(--panel)}
 nav a{display:block;text-decoration:none;padding:2px 0}
-nav .sub{font-size:13px;padding-left:10px;color:var(--muted)}
-main{margin-left:230px;padding:24px 32px;max-width:1100px}
+nav .sub{font-size:12px;padding-left:10px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+main{margin-left:270px;padding:24px 32px;max-width:1100px}
 h1{margin-top:0} h2{border-bottom:1px solid var(--line);padding-bottom:4px;margin-top:40px}
 code,pre{font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 pre{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:10px;overflow:auto;max-height:480px}
@@ -1352,6 +1472,7 @@ details.op[open]>summary{border-bottom:1px solid var(--line);background:var(--pa
 .body{padding:4px 14px 12px}
 .meta{color:var(--muted);font-size:13px;margin:4px 0}
 .req{color:#cf222e;font-size:12px}
+details.schema>summary{cursor:pointer;color:var(--muted);font-size:13px}
 table{border-collapse:collapse;width:100%;margin:6px 0}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}
 th{background:var(--panel)}
@@ -1375,7 +1496,9 @@ export function docsHtml(options: OpenApiOptions = {}): string {
   for (const [path, item] of Object.entries(doc.paths)) {
     for (const [method, op] of Object.entries(item)) {
       const tag = (op.tags as string[])[0];
-      (byTag.get(tag) ?? byTag.set(tag, []).get(tag)!).push(renderOperation(path, method, op));
+      (byTag.get(tag) ?? byTag.set(tag, []).get(tag)!).push(
+        renderOperation(path, method, op, doc.components.schemas),
+      );
       (navByTag.get(tag) ?? navByTag.set(tag, []).get(tag)!).push(
         `<a class="sub" href="#op-${esc(op.operationId)}">${esc(method.toUpperCase())} ${
           esc(path)

@@ -370,6 +370,13 @@ async function main(): Promise<void> {
       target: "-",
       verdict: "info",
     });
+    const noise = Math.max(m.doppel.othersCpu ?? 0, m.raw.othersCpu ?? 0, c.othersCpu ?? 0);
+    rows.push({
+      figure: "MQTT other processes' CPU (max of windows)",
+      value: `${noise.toFixed(0)}% of a core`,
+      target: noise > 20 ? "- (noisy run)" : "- (quiet run)",
+      verdict: "info",
+    });
     rows.push({
       figure: "MQTT commands not succeeded",
       value: `${c.notSucceeded} of ${fmt(c.count)}`,

@@ -87,7 +87,7 @@ export interface MqttOptions {
   devices?: number;
   /** QoS 1 publishes in flight per client (default 8). */
   inFlight?: number;
-  /** Warm-up before each telemetry window, s (default 3). */
+  /** Warm-up before each telemetry window, s (default 5: Doppel's rate still climbs at 3 s). */
   warmupSeconds?: number;
   /** Telemetry window, s (default 10). */
   seconds?: number;
@@ -113,7 +113,7 @@ export async function mqttBench(options: MqttOptions = {}): Promise<MqttResult> 
   const log = options.log ?? (() => {});
   const load = {
     inFlight,
-    warmupMs: (options.warmupSeconds ?? 3) * 1000,
+    warmupMs: (options.warmupSeconds ?? 5) * 1000,
     windowMs: (options.seconds ?? 10) * 1000,
   };
   const dir = await tempDir("mqtt");
@@ -179,7 +179,7 @@ export async function mqttBench(options: MqttOptions = {}): Promise<MqttResult> 
     );
     await stop(server);
     const serverErrors = server.stderrText().trim();
-    if (serverErrors) log(`  Doppel stderr: ${serverErrors.slice(0, 1500)}`);
+    if (serverErrors) log(`  Doppel stderr: ${serverErrors.slice(0, 3000)}`);
 
     // The raw broker, same load.
     const broker = spawn(["run", "--allow-all", CHILD, "broker"], {}, "raw broker");

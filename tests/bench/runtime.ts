@@ -4,7 +4,7 @@
  * its durable commit. Reports durable messages per second and the commit batches behind them.
  * @module
  */
-import { createApp } from "../../src/app.ts";
+import { createApp, type Doppel } from "../../src/app.ts";
 import { systemClock } from "../../src/clock.ts";
 import { silentLogger } from "../../src/log.ts";
 import {
@@ -68,6 +68,11 @@ export interface RuntimeOptions {
   maxInFlight?: number;
   /** Prints progress. */
   log?(line: string): void;
+  /**
+   * Called once the devices are seeded, before the load starts, with the app and the device ids;
+   * returns what to call when the load has ended (live-stream clients attach here).
+   */
+  attach?(doppel: Doppel, ids: string[]): Promise<() => Promise<void>>;
 }
 
 /** Runs the in-process telemetry benchmark; see the module doc. */
@@ -98,6 +103,7 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     const seedSeconds = (performance.now() - seedStarted) / 1000;
     log(`  seeded ${fmt(count)} devices + twins in ${seedSeconds.toFixed(2)} s (direct batches)`);
 
+    const detach = options.attach ? await options.attach(doppel, ids) : undefined;
     const { runtime } = doppel;
     let next = 0;
     let stop = false;
@@ -129,6 +135,7 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
     const cpu = cpuShare(cpuBefore, threadCpu(), elapsed);
     stop = true;
     await Promise.all(callers);
+    await detach?.();
     if (firstError) {
       const text = firstError instanceof Error
         ? firstError.stack ?? String(firstError)

@@ -91,8 +91,9 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     const address = c.req.header("x-forwarded-for") ?? "local";
     const record = failures.get(address);
     if (record && record.count >= MAX_FAILURES && Date.now() - record.since < 60_000) {
-      c.header("retry-after", "60");
-      throw new DoppelError("rate_limited", "Too many failed sign-ins; wait a minute.");
+      throw new DoppelError("rate_limited", "Too many failed sign-ins; wait a minute.", {
+        retryAfter: 60,
+      });
     }
     const origin = c.req.header("origin");
     if (origin !== undefined && origin !== new URL(c.req.url).origin) {
