@@ -67,7 +67,7 @@ export interface Doppel {
   /** The Hono app: call `app.request()` in tests. */
   app: Hono;
   /** What a server serves: the app, with the hottest device route taken straight. */
-  fetch(request: Request): Response | Promise<Response>;
+  fetch(request: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response>;
   /** The twin runtime. */
   runtime: TwinRuntime;
   /** The device registry. */
@@ -242,8 +242,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
 
   return {
     app,
-    fetch: (request) =>
-      isFastTelemetry(request) ? fastTelemetry(services, request) : app.fetch(request),
+    fetch: (request, info) =>
+      isFastTelemetry(request) ? fastTelemetry(services, request) : app.fetch(request, info),
     runtime,
     registry,
     createdAdminToken: created,

@@ -273,7 +273,7 @@ Deno.test("dashboard: a change made while the operator is editing is not silentl
       "the edit was based on version 1, so saving it must be refused (412), not overwrite 25",
     );
     await page.close();
-  });
+  }, [/^console error on \/devices\/conflict-2: .*status of 412/]);
 });
 
 Deno.test("dashboard: a command sent from the page turns succeeded live", async () => {

@@ -395,7 +395,7 @@ class Turn {
       connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
     });
     draft.changed = true;
-    this.#settlePresence(draft, "http");
+    this.#settlePresence(draft, "request", "http");
   }
 
   #openSession(

@@ -33,8 +33,9 @@ export async function sseThroughput(log: (line: string) => void, clients = 50): 
   const withClients = await runtimeThroughput({
     attach: async (doppel: Doppel, ids: string[]) => {
       const stop = new AbortController();
+      const serverStop = new AbortController();
       const server = Deno.serve(
-        { port: 0, hostname: "127.0.0.1", signal: stop.signal, onListen() {} },
+        { port: 0, hostname: "127.0.0.1", signal: serverStop.signal, onListen() {} },
         doppel.fetch,
       );
       const base = `http://127.0.0.1:${server.addr.port}`;
@@ -61,8 +62,10 @@ export async function sseThroughput(log: (line: string) => void, clients = 50): 
         })();
       }));
       return async () => {
+        // Clients go first; their streams end on the server as they leave.
         stop.abort();
         await Promise.all(readers);
+        serverStop.abort();
         await server.finished;
       };
     },

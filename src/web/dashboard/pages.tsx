@@ -333,7 +333,7 @@ export const DevicePage: FC<{
                 <th>Severity</th>
                 <th>State</th>
                 <th>Count</th>
-                <th>Last</th>
+                <th>Raised</th>
                 <th></th>
               </tr>
             </thead>
@@ -401,7 +401,9 @@ export const AlarmTable: FC<{ alarms: AlarmRecord[]; withDevice?: boolean }> = (
           <td class="state">{alarm.state}</td>
           <td>{alarm.count}</td>
           <td>
-            <time datetime={alarm.raisedAt}>{alarm.raisedAt}</time>
+            <time datetime={alarm.raisedAt}>
+              {new Date(alarm.raisedAt).toLocaleString("en-GB")}
+            </time>
           </td>
           <td>
             {alarm.state === "active"

@@ -7,6 +7,7 @@
  */
 import { Hono } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import { getConnInfo } from "hono/deno";
 import uplotCss from "uplot/dist/uPlot.min.css" with { type: "text" };
 import uplotJs from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
 import { DoppelError } from "../../errors.ts";
@@ -88,7 +89,14 @@ export function dashboardRoutes(s: Services): Hono<Env> {
   });
 
   ui.post("/login", async (c) => {
-    const address = c.req.header("x-forwarded-for") ?? "local";
+    // Counted per client address as the server sees it (a forwarded-for header could be
+    // anything the client likes).
+    let address = "unknown";
+    try {
+      address = getConnInfo(c).remote.address ?? "unknown";
+    } catch {
+      // No connection info (requests made in-process, as tests do).
+    }
     const record = failures.get(address);
     if (record && record.count >= MAX_FAILURES && Date.now() - record.since < 60_000) {
       throw new DoppelError("rate_limited", "Too many failed sign-ins; wait a minute.", {

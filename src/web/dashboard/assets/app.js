@@ -108,7 +108,7 @@ function alarmRow(alarm, withDevice) {
     el("td", {}, el("span", { class: `sev ${alarm.severity}` }, alarm.severity)),
     el("td", { class: "state" }, alarm.state),
     el("td", {}, alarm.count),
-    el("td", {}, time(alarm.lastAt)),
+    el("td", {}, time(alarm.raisedAt)),
     actions,
   );
 }
@@ -156,6 +156,8 @@ function devicePage() {
   const id = root.dataset.id;
   const enc = encodeURIComponent(id);
   let version = Number(root.dataset.version);
+  // The version the editor's text was loaded from: what a save is conditional on.
+  let editorVersion = version;
   let metrics = JSON.parse(root.dataset.metrics);
   const charts = new Map();
 
@@ -177,12 +179,14 @@ function devicePage() {
     if (document.activeElement !== form.desired) {
       form.desired.value = JSON.stringify(twin.desired, null, 2);
       form.dataset.base = JSON.stringify(twin.desired);
+      editorVersion = twin.version;
     }
-    for (const [name, value] of Object.entries(twin.telemetry.last)) {
-      if (typeof value === "number" && !metrics.includes(name)) {
-        metrics = [...metrics, name].sort();
-        loadCharts();
-      }
+    const fresh = Object.entries(twin.telemetry.last)
+      .filter(([name, value]) => typeof value === "number" && !metrics.includes(name))
+      .map(([name]) => name);
+    if (fresh.length) {
+      metrics = [...metrics, ...fresh].sort();
+      loadCharts();
     }
   }
 
@@ -241,12 +245,13 @@ function devicePage() {
     }
     const patch = mergePatch(JSON.parse(desiredForm.dataset.base || "{}"), next);
     const result = await api("PATCH", `/api/v1/twins/${enc}/desired`, patch, {
-      "if-match": `"${version}"`,
+      "if-match": `"${editorVersion}"`,
     });
     if (result.status === 200) {
       status.className = "status ok";
       status.textContent = `Saved: version ${result.body.version}.`;
       desiredForm.dataset.base = JSON.stringify(result.body.desired);
+      editorVersion = result.body.version;
       await refreshTwin();
     } else if (result.status === 412) {
       status.className = "status error";
@@ -278,7 +283,12 @@ function devicePage() {
 
   // Commands: send, and watch their status change live.
   const commandRows = new Map();
+  const commandSteps = new Map();
   function showCommand(command) {
+    // Answers and live updates may arrive out of order: never show an older state.
+    const steps = command.history ? command.history.length : 0;
+    if ((commandSteps.get(command.id) ?? -1) > steps) return;
+    commandSteps.set(command.id, steps);
     const row = el(
       "tr",
       { "data-command": command.id },
@@ -324,7 +334,10 @@ function devicePage() {
   // Charts: one per numeric metric, over the chosen range, raw points or rollups.
   const range = document.getElementById("range");
   range.addEventListener("change", loadCharts);
+  let chartGeneration = 0;
   async function loadCharts() {
+    // A newer load (a new metric, another range) replaces an older one still under way.
+    const generation = ++chartGeneration;
     const [level, span] = range.value.split(":");
     const to = Date.now();
     const from = to - Number(span);
@@ -340,6 +353,7 @@ function devicePage() {
       });
       if (level !== "raw") params.set("bucket", level);
       const result = await api("GET", `/api/v1/devices/${enc}/telemetry?${params}`);
+      if (generation !== chartGeneration) return;
       if (result.status !== 200) continue;
       const xs = [], ys = [], mins = [], maxs = [];
       for (const item of result.body.items) {
@@ -398,9 +412,11 @@ function devicePage() {
   }
 
   // Alarms and presence history.
+  let alarmGeneration = 0;
   async function refreshAlarms() {
+    const generation = ++alarmGeneration;
     const result = await api("GET", `/api/v1/alarms?device=${enc}&limit=20`);
-    if (result.status !== 200) return;
+    if (result.status !== 200 || generation !== alarmGeneration) return;
     document.querySelector("#device-alarms tbody").replaceChildren(
       ...result.body.items.map((alarm) => alarmRow(alarm, false)),
     );

@@ -1,3 +1,0 @@
-import { sseThroughput } from "./bench/sse.ts";
-const r = await sseThroughput(console.log);
-console.log(r.ratio, r.clients, r.events);
