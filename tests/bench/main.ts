@@ -317,13 +317,20 @@ async function main(): Promise<void> {
         `p99 ${c.p99.toFixed(1)} ms, max ${c.max.toFixed(1)} ms; not succeeded ${c.notSucceeded}` +
         (c.notSucceeded ? ` ${JSON.stringify(c.failures)}` : ""),
     );
+    if (c.slow.count) {
+      log(
+        `  ${c.slow.count} commands took >= 25 ms, sent between ${c.slow.from.toFixed(1)} s and ` +
+          `${c.slow.to.toFixed(1)} s after the first command`,
+      );
+    }
     if (c.serverCpu) {
       log(
         `  server CPU during commands: main ${c.serverCpu.main.toFixed(0)}%, other threads ` +
           `${c.serverCpu.others.toFixed(0)}%; responder: ${c.responder.commands} commands, ` +
           `${c.responder.answered} results acknowledged, ${c.responder.errors} errors, ` +
           `${c.responder.lostClients} clients lost` +
-          (c.othersCpu !== null ? `; other processes ${c.othersCpu.toFixed(0)}% of a core` : ""),
+          (c.othersCpu !== null ? `; other processes ${c.othersCpu.toFixed(0)}% of a core` : "") +
+          (c.ioStallMs !== null ? `; I/O stall (PSI some) ${c.ioStallMs.toFixed(0)} ms` : ""),
       );
     }
     rows.push({

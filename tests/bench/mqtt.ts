@@ -53,6 +53,8 @@ export interface CommandLatency {
   p90: number;
   p99: number;
   max: number;
+  /** Measured commands slower than 25 ms: how many, and when the first and last were sent (s). */
+  slow: { count: number; from: number; to: number };
   /** Measured commands that did not come back 200 with `succeeded` (or failed to send). */
   notSucceeded: number;
   /** Statuses of those, counted (`http 202 delivered`, `error: ...`). */
@@ -63,6 +65,8 @@ export interface CommandLatency {
   serverCpu: { main: number; others: number; top: string } | null;
   /** CPU other processes (not the server, the responder or the bench) used, % of a core. */
   othersCpu: number | null;
+  /** Ms some task stalled on I/O (Linux PSI `/proc/pressure/io`, `some`) while commands ran. */
+  ioStallMs: number | null;
 }
 
 /** What the MQTT part measured. */
@@ -292,6 +296,7 @@ async function commandRun(
   const warmupMs = 1_000;
   const total = Math.round(rate * (warmupMs / 1000 + seconds));
   const latencies: number[] = [];
+  const slowAt: number[] = []; // Seconds since the first command, of those slower than 25 ms.
   const failures: Record<string, number> = {};
   let notSucceeded = 0;
   const inFlight = new Set<Promise<void>>();
@@ -314,7 +319,10 @@ async function commandRun(
         status = JSON.parse(text).status ?? JSON.parse(text).error?.code ?? "?";
       } catch { /* not JSON */ }
       if (res.status === 200 && status === "succeeded") {
-        if (measured) latencies.push(elapsed);
+        if (measured) {
+          latencies.push(elapsed);
+          if (elapsed >= 25) slowAt.push((started - t0) / 1000);
+        }
         return;
       }
       outcome = `http ${res.status} ${status}`;
@@ -332,6 +340,7 @@ async function commandRun(
   let measuredFrom = 0;
   let cpuBefore: ReturnType<typeof threadCpu> = null;
   let others: (seconds: number) => number | null = () => null;
+  let ioBefore: number | null = null;
   let m0 = 0;
   while (sent < total) {
     const due = Math.min(total, Math.floor((performance.now() - t0) / 1000 * rate) + 1);
@@ -341,6 +350,7 @@ async function commandRun(
         measuredFrom = sent;
         cpuBefore = threadCpu(server.process.pid);
         others = othersMeter([server, child]);
+        ioBefore = ioStallMicros();
         m0 = performance.now();
       }
       const p = send(sent++, measured);
@@ -353,6 +363,8 @@ async function commandRun(
   await Promise.all(inFlight);
   const serverCpu = cpuShare(cpuBefore, threadCpu(server.process.pid), sendSeconds);
   const othersCpu = others(sendSeconds);
+  const ioAfter = ioStallMicros();
+  const ioStallMs = ioBefore === null || ioAfter === null ? null : (ioAfter - ioBefore) / 1000;
   child.process.stdin.close();
   const responder = JSON.parse(
     (await child.line((l) => l.startsWith("BENCH_RESULT "), 30_000)).slice(13),
@@ -373,12 +385,28 @@ async function commandRun(
     p90: at(0.9),
     p99: at(0.99),
     max: latencies.length ? latencies[latencies.length - 1] : NaN,
+    slow: {
+      count: slowAt.length,
+      from: slowAt.length ? Math.min(...slowAt) : NaN,
+      to: slowAt.length ? Math.max(...slowAt) : NaN,
+    },
     notSucceeded,
     failures,
     responder,
     serverCpu,
     othersCpu,
+    ioStallMs,
   };
+}
+
+/** Microseconds some task on the machine stalled on I/O since boot (PSI); `null` without PSI. */
+function ioStallMicros(): number | null {
+  try {
+    const match = /^some .*total=(\d+)/m.exec(Deno.readTextFileSync("/proc/pressure/io"));
+    return match ? Number(match[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

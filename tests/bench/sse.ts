@@ -48,23 +48,30 @@ export async function sseThroughput(log: (line: string) => void, clients = 50): 
         if (!res.ok || !res.body) throw new Error(`stream answered ${res.status}`);
         connected++;
         const reader = res.body.getReader();
-        return (async () => {
-          const decoder = new TextDecoder();
-          try {
-            for (;;) {
-              const { done, value } = await reader.read();
-              if (done) break;
-              events += decoder.decode(value).split("\n\n").length - 1;
+        // Aborting the fetch does not end a read already waiting: cancel the reader itself.
+        stop.signal.addEventListener("abort", () => reader.cancel().catch(() => {}), {
+          once: true,
+        });
+        // Wrapped: returning the promise itself would make this wait for the stream to end.
+        return {
+          done: (async () => {
+            const decoder = new TextDecoder();
+            try {
+              for (;;) {
+                const { done, value } = await reader.read();
+                if (done) break;
+                events += decoder.decode(value).split("\n\n").length - 1;
+              }
+            } catch {
+              // Aborted at the end of the run.
             }
-          } catch {
-            // Aborted at the end of the run.
-          }
-        })();
+          })(),
+        };
       }));
       return async () => {
         // Clients go first; their streams end on the server as they leave.
         stop.abort();
-        await Promise.all(readers);
+        await Promise.all(readers.map((r) => r.done));
         serverStop.abort();
         await server.finished;
       };
