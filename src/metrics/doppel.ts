@@ -7,7 +7,7 @@
 import type { EventBus } from "../events/bus.ts";
 import type { PushStats } from "../push/notifier.ts";
 import type { TwinMessage } from "../twin/turn.ts";
-import { type Counter, type Histogram, MetricsRegistry } from "./registry.ts";
+import { type Counter, type Histogram, type Labels, MetricsRegistry } from "./registry.ts";
 
 /** Where the gauges read from. */
 export interface MetricSources {
@@ -79,10 +79,16 @@ export class DoppelMetrics {
     );
   }
 
+  // Label sets by "transport|type|outcome", so the hot path does not build them per message.
+  #labels = new Map<string, Labels>();
+
   /** Counts one message's outcome. */
   message(message: TwinMessage, outcome: string, reply: unknown): void {
     const transport = ("via" in message && message.via) || "internal";
-    this.messages.inc({ transport, type: message.type, outcome });
+    const id = `${transport}|${message.type}|${outcome}`;
+    let labels = this.#labels.get(id);
+    if (!labels) this.#labels.set(id, labels = { transport, type: message.type, outcome });
+    this.messages.inc(labels);
     if (message.type === "telemetry" && outcome === "ok") {
       const { accepted, duplicates } = reply as { accepted: number; duplicates: number };
       if (accepted) this.points.inc({ transport, result: "accepted" }, accepted);

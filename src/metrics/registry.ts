@@ -17,10 +17,13 @@ interface Family {
 /** A monotonically increasing count, per label set. */
 export class Counter {
   #values = new Map<string, { labels: Labels; value: number }>();
+  // The key of each label object seen, so a caller reusing its label objects skips the sort.
+  #keys = new WeakMap<Labels, string>();
 
   /** Adds `n` (default 1) for `labels`. */
   inc(labels: Labels = {}, n = 1): void {
-    const key = labelKey(labels);
+    let key = this.#keys.get(labels);
+    if (key === undefined) this.#keys.set(labels, key = labelKey(labels));
     const entry = this.#values.get(key);
     if (entry) entry.value += n;
     else this.#values.set(key, { labels, value: n });

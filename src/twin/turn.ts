@@ -314,7 +314,12 @@ class Turn {
     for (const rule of this.#env.kind.rules) {
       due = minDue(due, ruleDue(rule, this.#ruleState(state, rule)));
     }
-    if (due !== state.timerAt) {
+    // A timer already set earlier than needed is kept: it fires, finds little or nothing due, and
+    // sets the next one. Moving it on every message (each reading pushes a no-data deadline and
+    // an HTTP device's inactivity timeout later) would cost two writes a message.
+    const keep = state.timerAt !== null && state.timerAt > this.#env.now &&
+      (due === null || state.timerAt <= due);
+    if (!keep && due !== state.timerAt) {
       state = { ...state, timerAt: due };
       draft.changed = true;
     }

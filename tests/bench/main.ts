@@ -323,6 +323,13 @@ async function main(): Promise<void> {
           `${c.slow.to.toFixed(1)} s after the first command`,
       );
     }
+    if (c.phases.all.length) {
+      const show = (p: number[]) => p.length ? p.map((x) => `${x.toFixed(0)}`).join(" / ") : "-";
+      log(
+        `  median ms sent→created / →delivered / →completed / →response: all ` +
+          `${show(c.phases.all)}; slow ones ${show(c.phases.slow)}`,
+      );
+    }
     if (c.serverCpu) {
       log(
         `  server CPU during commands: main ${c.serverCpu.main.toFixed(0)}%, other threads ` +

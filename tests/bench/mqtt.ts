@@ -55,6 +55,14 @@ export interface CommandLatency {
   max: number;
   /** Measured commands slower than 25 ms: how many, and when the first and last were sent (s). */
   slow: { count: number; from: number; to: number };
+  /**
+   * Where the time went, median ms per phase, for all measured commands and for the slow ones,
+   * from the command's own timestamps (server clock = bench clock, ms resolution): request sent
+   * → `createdAt` (HTTP, auth, the create turn) → `deliveredAt` (create commit, push, device
+   * PUBACK, delivered turn) → `completedAt` (result publish, result turn) → response received
+   * (result commit, waiter, HTTP).
+   */
+  phases: { all: number[]; slow: number[] };
   /** Measured commands that did not come back 200 with `succeeded` (or failed to send). */
   notSucceeded: number;
   /** Statuses of those, counted (`http 202 delivered`, `error: ...`). */
@@ -297,6 +305,8 @@ async function commandRun(
   const total = Math.round(rate * (warmupMs / 1000 + seconds));
   const latencies: number[] = [];
   const slowAt: number[] = []; // Seconds since the first command, of those slower than 25 ms.
+  const phasesAll: number[][] = [];
+  const phasesSlow: number[][] = [];
   const failures: Record<string, number> = {};
   let notSucceeded = 0;
   const inFlight = new Set<Promise<void>>();
@@ -305,6 +315,7 @@ async function commandRun(
   const send = async (i: number, measured: boolean): Promise<void> => {
     const id = config.devices[i % config.devices.length].id;
     const started = performance.now();
+    const sentWall = Date.now();
     let outcome: string;
     try {
       const res = await fetch(`${base}/api/v1/devices/${id}/commands?wait=5`, {
@@ -314,14 +325,25 @@ async function commandRun(
       });
       const text = await res.text();
       const elapsed = performance.now() - started;
+      const receivedWall = Date.now();
       let status = "?";
+      let reply: Record<string, unknown> = {};
       try {
-        status = JSON.parse(text).status ?? JSON.parse(text).error?.code ?? "?";
+        reply = JSON.parse(text);
+        status = String(reply.status ?? (reply.error as { code?: string })?.code ?? "?");
       } catch { /* not JSON */ }
       if (res.status === 200 && status === "succeeded") {
         if (measured) {
           latencies.push(elapsed);
-          if (elapsed >= 25) slowAt.push((started - t0) / 1000);
+          const at = [reply.createdAt, reply.deliveredAt, reply.completedAt].map((t) =>
+            typeof t === "string" ? Date.parse(t) : NaN
+          );
+          const phase = [at[0] - sentWall, at[1] - at[0], at[2] - at[1], receivedWall - at[2]];
+          if (phase.every(Number.isFinite)) phasesAll.push(phase);
+          if (elapsed >= 25) {
+            slowAt.push((started - t0) / 1000);
+            if (phase.every(Number.isFinite)) phasesSlow.push(phase);
+          }
         }
         return;
       }
@@ -390,6 +412,7 @@ async function commandRun(
       from: slowAt.length ? Math.min(...slowAt) : NaN,
       to: slowAt.length ? Math.max(...slowAt) : NaN,
     },
+    phases: { all: medianPhases(phasesAll), slow: medianPhases(phasesSlow) },
     notSucceeded,
     failures,
     responder,
@@ -433,6 +456,15 @@ function othersMeter(children: Child[]): (seconds: number) => number | null {
     const busy = (machineAfter.busy - machineBefore.busy) / 100;
     return Math.max(0, busy - (oursAfter - oursBefore)) / seconds * 100;
   };
+}
+
+/** Median of each phase over the rows. */
+function medianPhases(rows: number[][]): number[] {
+  if (rows.length === 0) return [];
+  return rows[0].map((_, i) => {
+    const column = rows.map((row) => row[i]).sort((a, b) => a - b);
+    return column[Math.floor(column.length / 2)];
+  });
 }
 
 /** A spawned Deno process whose stdout is read line by line. */
