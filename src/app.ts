@@ -57,7 +57,13 @@ export interface AppDeps {
   runtime?: Partial<
     Pick<
       TwinRuntimeOptions,
-      "maxActivations" | "idleMs" | "batcher" | "randomId" | "httpTimeoutMs" | "history"
+      | "maxActivations"
+      | "idleMs"
+      | "packAbove"
+      | "batcher"
+      | "randomId"
+      | "httpTimeoutMs"
+      | "history"
     >
   >;
 }

@@ -3,6 +3,7 @@
  * collection, two runtimes writing the same twin, and the kinds loader refusing broken files.
  * @module
  */
+import { testApp } from "./helpers.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { ADMIN_TOKEN, KINDS } from "./helpers.ts";
 import { type AppDeps, createApp, type Doppel } from "../src/app.ts";
@@ -514,4 +515,26 @@ Deno.test("loader: two files defining the same kind, an empty folder, a missing 
   });
   const missing = await loadError("/nonexistent/doppel-twins-folder");
   assertMatch(missing.message, /doppel-twins-folder/);
+});
+
+Deno.test("actor: idle twins in a crowded directory keep their state packed and lose nothing", async () => {
+  const t = await testApp({ runtime: { packAbove: 2 } });
+  try {
+    const ids = ["p1", "p2", "p3", "p4", "p5"];
+    for (const id of ids) await t.register({ id });
+    for (let round = 1; round <= 3; round++) {
+      for (const id of ids) {
+        const { version } = await t.runtime.patchReported(id, { firmware: `v${round}` });
+        assertEquals(version, round + 1, `${id} round ${round}`);
+      }
+    }
+    // Packed activations are still activations: nothing was reloaded from scratch or lost.
+    assertEquals(t.runtime.activations, 5);
+    for (const id of ids) {
+      const twin = await (await t.op("GET", `/api/v1/twins/${id}`)).json();
+      assertEquals(twin.reported, { firmware: "v3" });
+    }
+  } finally {
+    await t.dispose();
+  }
 });

@@ -3,7 +3,7 @@
  * requests most tests make.
  * @module
  */
-import { createApp, type Doppel } from "../src/app.ts";
+import { type AppDeps, createApp, type Doppel } from "../src/app.ts";
 import type { Clock } from "../src/clock.ts";
 import { silentLogger } from "../src/log.ts";
 import { loadKinds } from "../src/twin/loader.ts";
@@ -41,7 +41,12 @@ export interface TestApp extends Doppel {
 
 /** Builds an app on `:memory:` (or the given KV) for one test. */
 export async function testApp(
-  options: { kv?: Deno.Kv; clock?: Clock; kinds?: Map<string, TwinKind> } = {},
+  options: {
+    kv?: Deno.Kv;
+    clock?: Clock;
+    kinds?: Map<string, TwinKind>;
+    runtime?: AppDeps["runtime"];
+  } = {},
 ): Promise<TestApp> {
   const kv = options.kv ?? await Deno.openKv(":memory:");
   const doppel = await createApp({
@@ -51,6 +56,7 @@ export async function testApp(
     secret: "test-secret-0123456789abcdef",
     adminToken: ADMIN_TOKEN,
     logger: silentLogger,
+    runtime: options.runtime,
   });
   const request = async (
     method: string,

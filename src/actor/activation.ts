@@ -43,6 +43,10 @@ export interface Behavior<S, M> {
   notFound(id: string): Error;
   /** The error for one message whose writes cannot fit in one atomic. */
   tooLarge(error: CommitTooLargeError): Error;
+  /** A compact form of the state, for activations kept in memory but not in use. */
+  pack?(state: S): unknown;
+  /** The state back from {@link pack}'s form. */
+  unpack?(packed: unknown): S;
 }
 
 /** Settings an activation shares with its directory. */
@@ -68,6 +72,8 @@ export class Activation<S, M> {
   #ctx: ActivationContext<S, M>;
   #mailbox = new Mailbox<M>();
   #loaded: Loaded<S> | null | undefined;
+  // The state in its packed form while the activation sits idle in a crowded directory.
+  #packed: { data: unknown; versionstamp: string } | undefined;
   #running = false;
   #inTurn = false;
   #lastUsed: number;
@@ -108,6 +114,18 @@ export class Activation<S, M> {
 
   /** Forgets the loaded state, so the next turn reads it again. */
   invalidate(): void {
+    this.#loaded = undefined;
+    this.#packed = undefined;
+  }
+
+  /** Keeps an idle activation's state packed (smaller), to unpack on its next turn. */
+  pack(): void {
+    const { behavior } = this.#ctx;
+    if (!this.idle || !this.#loaded || !behavior.pack) return;
+    this.#packed = {
+      data: behavior.pack(this.#loaded.state),
+      versionstamp: this.#loaded.versionstamp,
+    };
     this.#loaded = undefined;
   }
 
@@ -155,6 +173,13 @@ export class Activation<S, M> {
     const { behavior, batcher, maxReplays } = this.#ctx;
     const messages = batch.map((envelope) => envelope.message);
     for (let replay = 0; replay <= maxReplays; replay++) {
+      if (this.#loaded === undefined && this.#packed && behavior.unpack) {
+        this.#loaded = {
+          state: behavior.unpack(this.#packed.data),
+          versionstamp: this.#packed.versionstamp,
+        };
+      }
+      this.#packed = undefined;
       if (this.#loaded === undefined) this.#loaded = await behavior.load(this.id);
       const loaded = this.#loaded;
       if (loaded === null) {

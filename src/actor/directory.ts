@@ -16,6 +16,8 @@ export interface DirectoryOptions<S, M> {
   maxActivations?: number;
   /** Activations unused this long (ms) are collected by {@link Directory.collectIdle}. */
   idleMs?: number;
+  /** Above this many activations, idle ones keep their state packed (default 20,000). */
+  packAbove?: number;
   /** Most messages in one turn. */
   maxBatch?: number;
   /** Replays after conflicts before a turn's messages fail. */
@@ -30,6 +32,7 @@ export class Directory<S, M> {
   #options: DirectoryOptions<S, M>;
   #max: number;
   #idleMs: number;
+  #packAbove: number;
   #ctx: ActivationContext<S, M>;
 
   /** Creates an empty directory. */
@@ -37,6 +40,7 @@ export class Directory<S, M> {
     this.#options = options;
     this.#max = options.maxActivations ?? 100_000;
     this.#idleMs = options.idleMs ?? 10 * 60_000;
+    this.#packAbove = options.packAbove ?? 20_000;
     this.#ctx = {
       behavior: options.behavior,
       batcher: options.batcher,
@@ -44,6 +48,8 @@ export class Directory<S, M> {
       maxReplays: options.maxReplays ?? 50,
       now: options.now,
       onIdle: (activation: Activation<S, M>) => {
+        // Many activations: those not in use keep their state packed.
+        if (this.#activations.size > this.#packAbove) activation.pack();
         // Over the bound because every activation was busy when new ones came: shed now.
         if (
           this.#activations.size > this.#max &&

@@ -122,6 +122,8 @@ export class HistoryWriter {
   >();
   #deviceId: string;
   #stored: ReadonlyMap<string, RollupChunk | null>;
+  // History states this turn made, and which of their metrics it copied already.
+  #owned = new WeakMap<HistoryState, Set<string>>();
 
   /** For one twin, with the rollup chunks read before the turn. */
   constructor(deviceId: string, stored: ReadonlyMap<string, RollupChunk | null>) {
@@ -131,15 +133,27 @@ export class HistoryWriter {
 
   /** Adds one point of `metric` to `history`; returns the new history. */
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
-    const current = history.metrics[metric] ?? { buffer: [], open: {} };
-    let buffer = current.buffer;
-    let chunkSeq = history.chunkSeq;
+    // The first point of a metric in this turn copies its state; later ones add in place (the
+    // stored state is never changed, so a turn run again after a conflict starts clean).
+    let owned = this.#owned.get(history);
+    if (!owned) {
+      history = { metrics: { ...history.metrics }, chunkSeq: history.chunkSeq };
+      this.#owned.set(history, owned = new Set());
+    }
+    let current = history.metrics[metric];
+    if (!owned.has(metric)) {
+      current = current
+        ? { buffer: [...current.buffer], open: { ...current.open } }
+        : { buffer: [], open: {} };
+      history.metrics[metric] = current;
+      owned.add(metric);
+    }
+    const buffer = current.buffer;
     const flush = () => {
-      const points = [...buffer].sort((a, b) => a[0] - b[0]);
+      const points = buffer.splice(0).sort((a, b) => a[0] - b[0]);
       const firstTs = points[0][0];
       const lastTs = points[points.length - 1][0];
-      this.raw.push({ metric, firstTs, lastTs, seq: ++chunkSeq, points });
-      buffer = [];
+      this.raw.push({ metric, firstTs, lastTs, seq: ++history.chunkSeq, points });
     };
     // A chunk spans less than FLUSH_SPAN_MS, so a range query knows how far back to look: a
     // point that would stretch it further starts the next chunk.
@@ -151,16 +165,12 @@ export class HistoryWriter {
       }
       if (last - first >= FLUSH_SPAN_MS) flush();
     }
-    buffer = [...buffer, [ts, value]];
+    buffer.push([ts, value]);
     if (buffer.length >= FLUSH_POINTS) flush();
-    const open: Partial<Record<Level, Bucket>> = {};
     for (const level of LEVELS) {
-      open[level] = this.#roll(metric, level, current.open[level], ts, value);
+      current.open[level] = this.#roll(metric, level, current.open[level], ts, value);
     }
-    return {
-      metrics: { ...history.metrics, [metric]: { buffer, open } },
-      chunkSeq,
-    };
+    return history;
   }
 
   /** The open bucket after a point: added to it, or it closes and a new one opens. */

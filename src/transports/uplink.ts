@@ -71,6 +71,8 @@ export async function applyUplink(
   }
 }
 
+const DECODER = new TextDecoder("utf-8", { fatal: true });
+
 /** Parses a message body as JSON, or throws `invalid_json`; an empty body is `undefined`. */
 export function parseBody(bytes: Uint8Array, what: string): unknown {
   if (bytes.byteLength > MAX_UPLINK_BYTES) {
@@ -82,7 +84,7 @@ export function parseBody(bytes: Uint8Array, what: string): unknown {
   if (bytes.byteLength === 0) return undefined;
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = DECODER.decode(bytes);
   } catch {
     throw new DoppelError("invalid_json", `${what} is not valid UTF-8.`);
   }

@@ -19,7 +19,7 @@ import type { Logger } from "../log.ts";
 import { keys } from "../storage/keys.ts";
 import { encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts";
 import type { TwinKind } from "./kind.ts";
-import type { TwinRecord } from "./state.ts";
+import { type TwinRecord, upgradeRecord } from "./state.ts";
 import type { Transport } from "./presence.ts";
 import { runTurn, type TurnReads, type TurnResult, type TwinMessage } from "./turn.ts";
 import type { TwinKind as Kind } from "./kind.ts";
@@ -50,6 +50,8 @@ export interface TwinRuntimeOptions {
   maxActivations?: number;
   /** Idle twins are passivated after this many ms (default 10 minutes). */
   idleMs?: number;
+  /** Above this many twins in memory, idle ones keep their state packed (default 20,000). */
+  packAbove?: number;
   /** Commit batching. */
   batcher?: BatcherOptions;
   /** Random hex for ids (tests may fix it). */
@@ -103,6 +105,7 @@ export class TwinRuntime {
       batcher: this.#batcher,
       maxActivations: options.maxActivations,
       idleMs: options.idleMs,
+      packAbove: options.packAbove,
       now: () => this.#clock.now(),
     });
   }
@@ -311,6 +314,8 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   #history: boolean;
   // Chunks each stored record took, so a shrinking record deletes its leftovers.
   #chunks = new WeakMap<TwinRecord, number>();
+  // The JSON text each committed record was stored as (for packing idle activations).
+  #json = new WeakMap<TwinRecord, string>();
 
   constructor(
     runtime: TwinRuntime,
@@ -332,6 +337,15 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
 
   async isCurrent(id: string, versionstamp: string): Promise<boolean> {
     return (await twinVersionstamp(this.#runtime.internals.kv, id)) === versionstamp;
+  }
+
+  pack(state: TwinRecord): unknown {
+    // The JSON text just committed, when there is one: no second stringify.
+    return this.#json.get(state) ?? JSON.stringify(state);
+  }
+
+  unpack(packed: unknown): TwinRecord {
+    return upgradeRecord(JSON.parse(packed as string));
   }
 
   tooLarge(error: CommitTooLargeError): Error {
@@ -376,6 +390,8 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     const previous = this.#chunks.get(current.state) ?? 1;
     const encoded = encodeTwin(state, previous < 0 ? chunksOf(current.state) : previous);
     this.#chunks.set(state, encoded.chunks);
+    const head = encoded.mutations[0];
+    if (head.type === "set" && typeof head.value === "string") this.#json.set(state, head.value);
     const mutations = encoded.mutations;
     let bytes = encoded.bytes;
     for (const command of turn.writes.commands) {
