@@ -1,5 +1,5 @@
 /**
- * Doppel's benchmark, run with `deno task bench`. Five parts, each on its own temp KV file:
+ * Doppel's benchmark, run with `deno task bench`. Seven parts, each on its own temp KV file:
  *
  * 1. Raw Deno KV ceiling: batched atomics of twin head values from `encodeTwin`, first of fresh
  *    twins, then (after part 2) of the very heads the runtime wrote.
@@ -10,11 +10,14 @@
  * 5. MQTT: the real server process and a load generator process with 1,000 mqtt.js devices
  *    (durable QoS 1 telemetry), the same load against a plain aedes broker, and command round
  *    trips over MQTT (`mqtt.ts`, `mqtt_load.ts`).
+ * 6. History: part 2 with telemetry history and rollups on and off, and a 30-day query of
+ *    one-minute buckets (`history.ts`).
+ * 7. Live stream: part 2 with 50 open SSE clients and without (`sse.ts`).
  *
  * It ends with a table of every figure, its target and PASS/FAIL. The exit code is 0 even when a
  * target is missed: this measures, it does not gate. Flags, for exploring:
  *
- * - `--only=raw,runtime,http,memory,mqtt`: run some parts.
+ * - `--only=raw,runtime,http,memory,mqtt,history,sse`: run some parts.
  * - `--callers=N`: concurrent callers in part 2 (default 2,000).
  * - `--in-flight=N`: the runtime batcher's commits in flight in part 2 (default: its own, 2).
  *
@@ -30,6 +33,8 @@ import { activatedMemory } from "./memory.ts";
 import type { MemoryChildResult, MemorySample } from "./memory_child.ts";
 import { mqttBench, type MqttResult } from "./mqtt.ts";
 import { rawKvCeiling, type RawResult } from "./raw.ts";
+import { historyThroughput, thirtyDayQuery } from "./history.ts";
+import { sseThroughput } from "./sse.ts";
 import { type RuntimeResult, runtimeThroughput } from "./runtime.ts";
 
 /** One row of the final table. */
@@ -40,7 +45,7 @@ interface Row {
   verdict: "PASS" | "FAIL" | "info" | "skip";
 }
 
-const PARTS = ["raw", "runtime", "http", "memory", "mqtt"] as const;
+const PARTS = ["raw", "runtime", "http", "memory", "mqtt", "history", "sse"] as const;
 type Part = typeof PARTS[number];
 
 function flag(args: string[], name: string): string | undefined {
@@ -396,6 +401,58 @@ async function main(): Promise<void> {
       value: `${c.notSucceeded} of ${fmt(c.count)}`,
       target: "0",
       verdict: verdict(c.notSucceeded === 0),
+    });
+  }
+
+  if (parts.has("history")) {
+    log("\n[6/7] Telemetry history: durable telemetry with history and rollups, and without");
+    const h = await historyThroughput(log);
+    rows.push({
+      figure: "Runtime telemetry, history + rollups on",
+      value: `${fmt(h.on.messagesPerSec)} msg/s`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "Runtime telemetry, history off",
+      value: `${fmt(h.off.messagesPerSec)} msg/s`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "History on / off",
+      value: `${(h.ratio * 100).toFixed(1)}%`,
+      target: ">= 60%",
+      verdict: verdict(h.ratio >= 0.6),
+    });
+    const q = await thirtyDayQuery(log);
+    log(
+      `  30-day 1m query: ${fmt(q.buckets)} buckets, median ${q.medianMs.toFixed(1)} ms, max ${
+        q.maxMs.toFixed(1)
+      } ms`,
+    );
+    rows.push({
+      figure: "30-day 1m-bucket query (one metric)",
+      value: `${q.medianMs.toFixed(1)} ms`,
+      target: "< 50 ms",
+      verdict: verdict(q.medianMs < 50),
+    });
+  }
+
+  if (parts.has("sse")) {
+    log("\n[7/7] Dashboard live stream: ingest with 50 open SSE clients, and without");
+    const r = await sseThroughput(log);
+    rows.push({
+      figure: "Runtime telemetry with 50 SSE clients",
+      value: `${fmt(r.with.messagesPerSec)} msg/s`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "With 50 SSE clients / without",
+      value: `${(r.ratio * 100).toFixed(1)}%`,
+      target: ">= 90%",
+      verdict: verdict(r.ratio >= 0.9 && r.clients === 50),
     });
   }
 
