@@ -201,7 +201,12 @@ export const HistoryPage = z.object({
   bucket: z.enum(["raw", ...LEVELS] as ["raw", ...string[]]).describe(
     "`raw`: items are points; else items are buckets of this length",
   ),
-  items: z.array(z.union([HistoryPoint, HistoryBucket])),
+  items: z.array(z.union([HistoryPoint, HistoryBucket])).optional().describe(
+    "with format=items (the default)",
+  ),
+  columns: z.record(z.string(), z.array(z.number())).optional().describe(
+    "with format=columns: ts and value, or start, min, max, avg, count and last",
+  ),
   cursor: Cursor,
 });
 

@@ -529,6 +529,13 @@ function operations(): Op[] {
           description: "rollup length; omit for raw points",
           schema: Q.bucket,
         },
+        {
+          name: "format",
+          in: "query",
+          description: "`items` (default): an object per point or bucket; `columns`: one array " +
+            "per field, times as epoch ms (smaller and faster; what charts want)",
+          schema: z.enum(["items", "columns"]),
+        },
         limit(100_000, 1000),
         cursorParam,
       ],

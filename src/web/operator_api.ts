@@ -220,6 +220,7 @@ export function operatorApi(s: Services): Hono {
         limit: intParam(c, "limit", { min: 1, max: 100_000, fallback: 1000 }),
         after,
         now,
+        format: historyFormat(c.req.query("format")),
         retention: s.runtime.kindOf(device.kind).retention,
       }),
     );
@@ -253,6 +254,16 @@ export function operatorApi(s: Services): Hono {
 
   api.route("/", alarmsApi(s));
   return api;
+}
+
+/** The `format` query parameter of a history query. */
+function historyFormat(raw: string | undefined): "items" | "columns" {
+  if (raw === undefined || raw === "" || raw === "items") return "items";
+  if (raw === "columns") return "columns";
+  throw validationError(`Query parameter format=${JSON.stringify(raw)} is invalid:`, [{
+    field: "format",
+    message: "must be items or columns",
+  }]);
 }
 
 /** A time query parameter: epoch ms or ISO 8601. */

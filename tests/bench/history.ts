@@ -16,35 +16,39 @@ import {
   seedDevices,
   tempDir,
 } from "./common.ts";
-import { type RuntimeResult, runtimeThroughput } from "./runtime.ts";
+import { inChild } from "./child.ts";
 
-/** Telemetry throughput with and without history, from one run. */
+/** Telemetry throughput with and without history, each measured in a fresh process. */
 export interface HistoryThroughput {
-  /** History and rollups on. */
-  on: RuntimeResult;
-  /** History and rollups off. */
-  off: RuntimeResult;
+  /** Messages/s with history and rollups on. */
+  on: number;
+  /** Messages/s with them off. */
+  off: number;
   /** on / off. */
   ratio: number;
 }
 
-/** Runs the in-process runtime benchmark twice: history off, then on. */
+/** Runs the in-process runtime benchmark twice, each in its own process: history off, then on. */
 export async function historyThroughput(log: (line: string) => void): Promise<HistoryThroughput> {
-  const off = await runtimeThroughput({ history: false });
-  log(`  history off: ${fmt(off.messagesPerSec)} msg/s`);
-  const on = await runtimeThroughput({ history: true });
-  log(`  history on:  ${fmt(on.messagesPerSec)} msg/s`);
-  return { on, off, ratio: on.messagesPerSec / off.messagesPerSec };
+  const off = (await inChild<{ messagesPerSec: number }>("runtime", { history: false }))
+    .messagesPerSec;
+  log(`  history off: ${fmt(off)} msg/s`);
+  const on = (await inChild<{ messagesPerSec: number }>("runtime", { history: true }))
+    .messagesPerSec;
+  log(`  history on:  ${fmt(on)} msg/s`);
+  return { on, off, ratio: on / off };
 }
 
 /** Timing of a 30-day one-minute-bucket query. */
 export interface QueryTiming {
   /** Buckets returned. */
   buckets: number;
-  /** Median over the runs (ms). */
+  /** Median over the runs with `format=columns` (ms). */
   medianMs: number;
-  /** Slowest run (ms). */
+  /** Slowest of those runs (ms). */
   maxMs: number;
+  /** Median with `format=items`, an object per bucket (ms). */
+  itemsMedianMs: number;
 }
 
 /**
@@ -73,19 +77,32 @@ export async function thirtyDayQuery(log: (line: string) => void): Promise<Query
     const url =
       `/api/v1/devices/${id}/telemetry?metric=temperature&bucket=1m&from=${from}&to=${to}&limit=100000`;
     const headers = { authorization: "Bearer bench-admin-token-0123456789" };
-    const times: number[] = [];
-    let buckets = 0;
-    for (let i = 0; i < 12; i++) {
-      const started = performance.now();
-      const res = await doppel.app.request(url, { headers });
-      // Timed to the last byte of the answer; parsing it is the client's business.
-      const text = await res.text();
-      const ms = performance.now() - started;
-      buckets = (JSON.parse(text) as { items: unknown[] }).items.length;
-      if (i >= 2) times.push(ms); // The first runs warm the code up.
-    }
-    times.sort((a, b) => a - b);
-    return { buckets, medianMs: times[Math.floor(times.length / 2)], maxMs: times.at(-1)! };
+    const time = async (
+      format: string,
+    ): Promise<{ median: number; max: number; buckets: number }> => {
+      const times: number[] = [];
+      let buckets = 0;
+      for (let i = 0; i < 12; i++) {
+        const started = performance.now();
+        const res = await doppel.app.request(`${url}&format=${format}`, { headers });
+        // Timed to the last byte of the answer; parsing it is the client's business.
+        const text = await res.text();
+        const ms = performance.now() - started;
+        const body = JSON.parse(text) as { items?: unknown[]; columns?: { start: unknown[] } };
+        buckets = body.items?.length ?? body.columns?.start.length ?? 0;
+        if (i >= 2) times.push(ms); // The first runs warm the code up.
+      }
+      times.sort((a, b) => a - b);
+      return { median: times[Math.floor(times.length / 2)], max: times.at(-1)!, buckets };
+    };
+    const columns = await time("columns");
+    const items = await time("items");
+    return {
+      buckets: columns.buckets,
+      medianMs: columns.median,
+      maxMs: columns.max,
+      itemsMedianMs: items.median,
+    };
   } finally {
     await doppel.close();
     kv.close();
