@@ -96,7 +96,11 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   for (let i = 0; i < count; i++) {
     const client = mqtt.connect(options.url, {
       clientId: `${prefix}-${i}`,
-      clean: false,
+      // Unshared: a persistent session, so what arrives while the bridge is away waits for it.
+      // Shared: Mosquitto 2.0 loses a group member's routing when its persistent session
+      // reconnects, so group members start clean (the broker still splits the group's traffic
+      // over whoever is connected).
+      clean: group !== "",
       reconnectPeriod: 500,
       connectTimeout: 5_000,
       queueQoSZero: false,
@@ -113,11 +117,16 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       const topics = UPLINK_TOPICS.map((t) => (group ? `$share/${group}/${t}` : t));
       // Subscribing again on every connect: a persistent session keeps plain subscriptions,
       // but not (on Mosquitto 2.0) shared ones. "Up" is logged once messages can flow.
-      client.subscribeAsync(topics, { qos: 1 }).then(() =>
+      client.subscribeAsync(topics, { qos: 1 }).then((granted) => {
+        const refused = granted.filter((g) => g.qos === 128).map((g) => g.topic);
+        if (refused.length > 0) {
+          log("error", `The broker refused the bridge's subscriptions: ${refused.join(", ")}`);
+          return;
+        }
         log("info", `Bridge connection ${client.options.clientId} is up.`, {
           sessionPresent: connack.sessionPresent,
-        })
-      ).catch((error) => log("error", `Subscribing failed: ${error}`));
+        });
+      }).catch((error) => log("error", `Subscribing failed: ${error}`));
     });
     client.on("error", (error) => log("warn", `Bridge connection error: ${error.message}`));
     clients.push(client);
