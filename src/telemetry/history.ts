@@ -57,7 +57,7 @@ export const DEFAULT_RETENTION: Retention = {
 };
 
 /** A raw chunk is flushed at this many points… */
-export const FLUSH_POINTS = 60;
+export const FLUSH_POINTS = 20;
 /** …or before its points would span this long (ms). */
 export const FLUSH_SPAN_MS = 15 * 60_000;
 
