@@ -79,6 +79,20 @@ async function serverSecret(config: Config, local: boolean): Promise<string> {
   return secret;
 }
 
+/** Seconds an HTTP-only device stays online after its last request (default 300), in ms. */
+function httpPresenceTimeout(raw: string | undefined): number {
+  if (raw === undefined || raw.trim() === "") return 300_000;
+  const seconds = Number(raw);
+  if (!Number.isFinite(seconds) || seconds < 1 || seconds > 86_400) {
+    throw new Error(
+      `DOPPEL_HTTP_PRESENCE_TIMEOUT ${
+        JSON.stringify(raw)
+      } is not a number of seconds from 1 to 86400.`,
+    );
+  }
+  return seconds * 1000;
+}
+
 /** The alarm severities pushed to operators (default critical and major). */
 function pushSeverities(raw: string | undefined): Severity[] {
   if (raw === undefined || raw.trim() === "") return ["critical", "major"];
@@ -123,6 +137,7 @@ async function main(): Promise<void> {
     logger,
     mqtt: true,
     metricsToken: Deno.env.get("DOPPEL_METRICS_TOKEN") || undefined,
+    runtime: { httpTimeoutMs: httpPresenceTimeout(Deno.env.get("DOPPEL_HTTP_PRESENCE_TIMEOUT")) },
     push: {
       vapid: {
         publicKey: Deno.env.get("DOPPEL_VAPID_PUBLIC_KEY"),
