@@ -5,6 +5,7 @@
  * @module
  */
 import { type TwinRecord, upgradeRecord } from "../twin/state.ts";
+import { packHistory } from "../telemetry/history.ts";
 import { keys } from "./keys.ts";
 
 /** Characters per chunk: a string of two-byte characters stays under KV's 64 KiB value cap. */
@@ -72,7 +73,7 @@ export function encodeTwin(
   record: TwinRecord,
   previousChunks: number,
 ): { mutations: Deno.KvMutation[]; bytes: number; chunks: number } {
-  const json = JSON.stringify(record);
+  const json = JSON.stringify(storedForm(record));
   const chunks = Math.max(1, Math.ceil(json.length / CHUNK_CHARS));
   const mutations: Deno.KvMutation[] = [{
     type: "set",
@@ -91,6 +92,21 @@ export function encodeTwin(
   }
   // Bytes are for the batcher's size cap: count two per character, as for a two-byte string.
   return { mutations, bytes: json.length * 2 + 64 * chunks, chunks };
+}
+
+/**
+ * The record as stored: history packed, and fields at their defaults left out (`upgradeRecord`
+ * puts them back), to keep the value — rewritten on every turn — small.
+ */
+function storedForm(record: TwinRecord): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...record, history: packHistory(record.history) };
+  if (!record.desiredTombstones.length) delete out.desiredTombstones;
+  if (!record.tombstoneHorizon) delete out.tombstoneHorizon;
+  if (!record.desiredAcked) delete out.desiredAcked;
+  if (!Object.keys(record.alarms).length) delete out.alarms;
+  if (!Object.keys(record.memory).length) delete out.memory;
+  if (!record.eventSeq) delete out.eventSeq;
+  return out;
 }
 
 /** How many chunks the stored form of `record` takes. */

@@ -228,3 +228,65 @@ export function parseDuration(text: string): number {
   ];
   return Number(match[1]) * unit;
 }
+
+/** {@link HistoryState} as stored: short names and number arrays (a twin record is rewritten on
+ * every turn, and KV writes slow down sharply past about 1 KB a value). */
+export interface PackedHistory {
+  /** Per metric: `[buffer, open1m, open1h, open1d]`. */
+  p: Record<string, [number[], ...(number[] | 0)[]]>;
+  /** `chunkSeq`. */
+  s: number;
+}
+
+/** Packs history for storage: buffers as `[t0, v0, dt1, v1, …]`, buckets as number arrays. */
+export function packHistory(history: HistoryState): PackedHistory {
+  const p: PackedHistory["p"] = {};
+  for (const [metric, { buffer, open }] of Object.entries(history.metrics)) {
+    const flat: number[] = [];
+    let previous = 0;
+    for (const [ts, value] of buffer) {
+      flat.push(ts - previous, value);
+      previous = ts;
+    }
+    p[metric] = [
+      flat,
+      ...LEVELS.map((level) => {
+        const b = open[level];
+        return b ? [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start] : 0;
+      }),
+    ];
+  }
+  return { p, s: history.chunkSeq };
+}
+
+/** The history a stored record holds, packed or (as older records have it) not. */
+export function unpackHistory(stored: HistoryState | PackedHistory | undefined): HistoryState {
+  if (!stored) return emptyHistory();
+  if (!("p" in stored)) return stored;
+  const metrics: Record<string, MetricHistory> = {};
+  for (const [metric, [flat, ...levels]] of Object.entries(stored.p)) {
+    const buffer: Array<[number, number]> = [];
+    let ts = 0;
+    for (let i = 0; i < flat.length; i += 2) {
+      ts += flat[i];
+      buffer.push([ts, flat[i + 1]]);
+    }
+    const open: Partial<Record<Level, Bucket>> = {};
+    LEVELS.forEach((level, i) => {
+      const b = levels[i];
+      if (b) {
+        open[level] = {
+          start: b[0],
+          min: b[1],
+          max: b[2],
+          sum: b[3],
+          count: b[4],
+          last: b[5],
+          lastTs: b[0] + b[6],
+        };
+      }
+    });
+    metrics[metric] = { buffer, open };
+  }
+  return { metrics, chunkSeq: stored.s };
+}

@@ -10,7 +10,6 @@ import {
   BUCKET_MS,
   bucketAt,
   type BucketView,
-  bucketView,
   chunkStart,
   isoTime,
   type Level,

@@ -7,7 +7,12 @@ import { computeDelta, type JsonObject, type MetaTree } from "./json.ts";
 import type { PresenceState, Tombstone } from "./presence.ts";
 import type { AlarmRecord } from "../rules/alarms.ts";
 import type { RuleState } from "../rules/rules.ts";
-import { emptyHistory, type HistoryState } from "../telemetry/history.ts";
+import {
+  emptyHistory,
+  type HistoryState,
+  type PackedHistory,
+  unpackHistory,
+} from "../telemetry/history.ts";
 
 /** Presence of the device behind a twin. */
 export type ConnectionStatus = "online" | "offline" | "never";
@@ -134,7 +139,9 @@ export function publicTwin(record: TwinRecord): PublicTwin {
 /** Fills fields added after a record was written, so older records load as current ones. */
 export function upgradeRecord(record: TwinRecord): TwinRecord {
   record.presence ??= { sessions: {}, httpUntil: null };
-  record.history ??= emptyHistory();
+  record.history = unpackHistory(record.history as HistoryState | PackedHistory | undefined);
+  record.memory ??= {};
+  record.eventSeq ??= 0;
   record.rules ??= {};
   record.alarms ??= {};
   record.desiredAcked ??= 0;
