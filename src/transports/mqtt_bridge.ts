@@ -96,11 +96,8 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   for (let i = 0; i < count; i++) {
     const client = mqtt.connect(options.url, {
       clientId: `${prefix}-${i}`,
-      // Unshared: a persistent session, so what arrives while the bridge is away waits for it.
-      // Shared: Mosquitto 2.0 loses a group member's routing when its persistent session
-      // reconnects, so group members start clean (the broker still splits the group's traffic
-      // over whoever is connected).
-      clean: group !== "",
+      // A persistent session: what arrives while the bridge is away waits for it.
+      clean: false,
       reconnectPeriod: 500,
       connectTimeout: 5_000,
       queueQoSZero: false,
