@@ -212,6 +212,14 @@ export class Registry {
     return await Promise.all(device.keys.map((key) => this.#vault.open(key.sealed)));
   }
 
+  /**
+   * Whether a device is registered, from the short-lived authentication cache (a device deleted
+   * by another process may still count for up to a second; its twin's turns refuse it anyway).
+   */
+  async exists(id: string): Promise<boolean> {
+    return DEVICE_ID.test(id) && (await this.#cached(id)) !== null;
+  }
+
   /** The stored device, or `null`. */
   async get(id: string): Promise<DeviceRecord | null> {
     return (await this.#kv.get<DeviceRecord>(keys.device(id))).value;

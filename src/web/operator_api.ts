@@ -129,9 +129,15 @@ export function operatorApi(s: Services): Hono {
     }
     const body = parseWith(CreateCommand, await readJson(c), "The command");
     await requireDevice(s, id);
-    const { command } = await s.runtime.createCommand(id, { ...body, idempotencyKey });
+    const { command, created } = await s.runtime.createCommand(id, { ...body, idempotencyKey });
     if (wait > 0 && !TERMINAL_STATUSES.has(command.status)) {
-      const done = await s.waitForCommand(id, command.id, wait * 1000, c.req.raw.signal);
+      const done = await s.waitForCommand(
+        id,
+        command.id,
+        wait * 1000,
+        c.req.raw.signal,
+        created,
+      );
       if (done) return c.json(done, 200);
     }
     const current = TERMINAL_STATUSES.has(command.status)
@@ -280,7 +286,8 @@ function timeParam(raw: string | undefined, name: string): number | undefined {
 }
 
 async function requireDevice(s: Services, id: string): Promise<void> {
-  if (!(await s.registry.get(id))) {
+  // Cached: a read less on every operator call (a twin's own turn still refuses a deleted one).
+  if (!(await s.registry.exists(id))) {
     throw new DoppelError("not_found", `Device ${id} is not registered.`);
   }
 }

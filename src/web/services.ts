@@ -42,12 +42,16 @@ export interface Services {
   logger: Logger;
   /** Aborts when the app closes, ending every wait. */
   shutdown: AbortSignal;
-  /** Waits up to `ms` for a command to finish; its final record, or `undefined`. */
+  /**
+   * Waits up to `ms` for a command to finish; its final record, or `undefined`. `fresh`: the
+   * command was created just now, so it cannot have finished before the wait began.
+   */
   waitForCommand(
     deviceId: string,
     commandId: string,
     ms: number,
     signal: AbortSignal,
+    fresh?: boolean,
   ): Promise<CommandRecord | undefined>;
 }
 
@@ -57,7 +61,7 @@ export function commandWaiter(
   runtime: TwinRuntime,
   shutdown: AbortSignal,
 ): Services["waitForCommand"] {
-  return async (deviceId, commandId, ms, signal) => {
+  return async (deviceId, commandId, ms, signal, fresh = false) => {
     const stop = new AbortController();
     const signals = AbortSignal.any([signal, shutdown, stop.signal]);
     // Listen first, then look: a result that lands in between is seen either way.
@@ -71,7 +75,9 @@ export function commandWaiter(
       ms,
       signals,
     );
-    const now = await runtime.getCommand(deviceId, commandId);
+    // A command created just now needs a result that commits after it was handed over: that
+    // comes after this listener is in place, so only an older command is looked up.
+    const now = fresh ? null : await runtime.getCommand(deviceId, commandId);
     if (now && TERMINAL_STATUSES.has(now.status)) {
       stop.abort();
       await waiting;
