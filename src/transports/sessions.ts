@@ -100,9 +100,17 @@ export class SessionHub {
 
   /** Starts renewing leases. */
   start(): void {
+    // Each session renews on its own schedule (set at random when it opened), checked every
+    // second: renewing every lease at one tick would be a burst of writes every renewal period.
     this.#timer ??= setInterval(() => {
-      for (const session of this.#sessions) session.renew();
-    }, this.#renewMs);
+      const now = performance.now();
+      for (const session of this.#sessions) {
+        if (session.renewAt <= now) {
+          session.renew();
+          session.renewAt = now + this.#renewMs;
+        }
+      }
+    }, 1000);
   }
 
   /** Ends every session whose device (or one it serves) is `deviceId`, if it may no longer connect. */
@@ -123,6 +131,11 @@ export class SessionHub {
     clearInterval(this.#timer);
     this.#timer = undefined;
     await Promise.all([...this.#sessions].map((s) => s.close("server shutdown")));
+  }
+
+  /** How often a session renews its leases (ms). */
+  get renewMs(): number {
+    return this.#renewMs;
   }
 
   /** @internal */
@@ -152,6 +165,8 @@ export class SessionHub {
 export class DeviceSession {
   /** Unique id of this session. */
   readonly id: string;
+  /** When (performance.now() ms) its leases are next renewed; spread at random across sessions. */
+  renewAt: number;
   /** The connected device. */
   readonly deviceId: string;
   #hub: SessionHub;
@@ -162,6 +177,7 @@ export class DeviceSession {
   /** Use {@link SessionHub.open}. */
   constructor(hub: SessionHub, device: DeviceRecord, downlink: Downlink, id?: string) {
     this.id = id ?? crypto.randomUUID();
+    this.renewAt = performance.now() + hub.renewMs * (0.5 + Math.random() / 2);
     this.#hub = hub;
     this.deviceId = device.id;
     this.#downlink = downlink;
