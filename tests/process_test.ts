@@ -4,6 +4,7 @@
  * same KV file, and every message acknowledged with a 202 must have been applied exactly once.
  * @module
  */
+import { COUNTER_KIND } from "./real_process.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -16,24 +17,6 @@ const KILL_AFTER = 300;
 const SENDERS = 8;
 /** How long a server may take to print its listening line. */
 const START_TIMEOUT_MS = 60_000;
-
-/** A counting kind: each telemetry item bumps `desired.n` and marks `desired["m" + seq]`. */
-const COUNTER_KIND = `import { defineTwin, z } from "doppel";
-
-export default defineTwin({
-  kind: "counter",
-  description: "Counts telemetry applications (process test).",
-  telemetry: z.object({ seq: z.number().int() }),
-  desired: z.record(z.string(), z.json()),
-  reported: z.record(z.string(), z.json()),
-  handlers: {
-    onTelemetry(ctx, item) {
-      const n = typeof ctx.twin.desired.n === "number" ? ctx.twin.desired.n : 0;
-      ctx.patchDesired({ n: n + 1, ["m" + item.seq]: true });
-    },
-  },
-});
-`;
 
 /** A server child process, its address and its log. */
 class Server {

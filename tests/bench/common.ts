@@ -21,6 +21,9 @@ export const TWINS_DIR: string = `${ROOT}/twins`;
 /** The server secret every bench app uses. */
 export const BENCH_SECRET = "bench-secret-0123456789abcdef";
 
+/** The operator token of every app and server the benchmark starts. */
+export const BENCH_ADMIN_TOKEN = "bench-admin-token-0123456789";
+
 /** Loads the project's twin kinds. */
 export function benchKinds(): Promise<Map<string, TwinKind>> {
   return loadKinds(TWINS_DIR);
@@ -230,4 +233,39 @@ export function machineCpu(): { busy: number; total: number } | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Registers `count` thermostats through the operator API of the server at `base`, `parallel`
+ * requests at a time (ids `<prefix>-000000`…); returns their ids and keys.
+ */
+export async function registerDevices(
+  base: string,
+  count: number,
+  parallel: number,
+  prefix: string,
+): Promise<Array<{ id: string; key: string }>> {
+  const out: Array<{ id: string; key: string }> = new Array(count);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < count) {
+      const i = next++;
+      const id = `${prefix}-${String(i).padStart(6, "0")}`;
+      const res = await fetch(`${base}/api/v1/devices`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${BENCH_ADMIN_TOKEN}`,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify({ id, kind: "thermostat" }),
+      });
+      const body = await res.json();
+      if (res.status !== 201) {
+        throw new Error(`Registering ${id}: ${res.status} ${JSON.stringify(body)}`);
+      }
+      out[i] = { id, key: body.key };
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
+  return out;
 }

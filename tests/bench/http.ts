@@ -4,6 +4,7 @@
  * Lua script that rotates over the devices' Basic credentials and counts non-2xx answers.
  * @module
  */
+import { registerDevices } from "./common.ts";
 import {
   BENCH_SECRET,
   childrenCpuSeconds,
@@ -102,7 +103,7 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
     await waitHealthy(base, server.status);
 
     const started = performance.now();
-    const credentials = await registerDevices(base, count, 16);
+    const credentials = await registerDevices(base, count, 16, "http");
     const registerSeconds = (performance.now() - started) / 1000;
     log(
       `  registered ${fmt(count)} devices via the operator API in ${registerSeconds.toFixed(2)} s`,
@@ -210,34 +211,6 @@ async function waitHealthy(base: string, exited: Promise<Deno.CommandStatus>): P
     await sleep(100);
   }
   throw new Error(gone ? "The server exited during start-up." : "The server did not start.");
-}
-
-/** Registers `count` devices with `parallel` requests at a time; returns `id:key` pairs. */
-async function registerDevices(
-  base: string,
-  count: number,
-  parallel: number,
-): Promise<Array<{ id: string; key: string }>> {
-  const out: Array<{ id: string; key: string }> = new Array(count);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < count) {
-      const i = next++;
-      const id = `http-${String(i).padStart(6, "0")}`;
-      const res = await fetch(`${base}/api/v1/devices`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-        body: JSON.stringify({ id, kind: "thermostat" }),
-      });
-      const body = await res.json();
-      if (res.status !== 201) {
-        throw new Error(`Registering ${id}: ${res.status} ${JSON.stringify(body)}`);
-      }
-      out[i] = { id, key: body.key };
-    }
-  };
-  await Promise.all(Array.from({ length: parallel }, worker));
-  return out;
 }
 
 /** The wrk script: rotates Basic credentials per request; counts answers outside 2xx. */

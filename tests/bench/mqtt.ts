@@ -14,6 +14,7 @@
  *    200 response carrying `status: "succeeded"`.
  * @module
  */
+import { registerDevices } from "./common.ts";
 import {
   BENCH_SECRET,
   cpuShare,
@@ -158,7 +159,7 @@ export async function mqttBench(options: MqttOptions = {}): Promise<MqttResult> 
     await waitHealthy(base, server);
 
     const t0 = performance.now();
-    const devices = await registerDevices(base, count, 16);
+    const devices = await registerDevices(base, count, 16, "mqtt");
     const registerSeconds = (performance.now() - t0) / 1000;
     log(
       `  Doppel server up (HTTP ${httpPort}, MQTT ${mqttPort}); registered ${fmt(count)} ` +
@@ -590,32 +591,4 @@ async function waitHealthy(base: string, server: Child): Promise<void> {
       ? `The server exited during start-up: ${server.stderrText().slice(-2000)}`
       : "The server did not start.",
   );
-}
-
-/** Registers `count` thermostats with `parallel` requests at a time; returns their keys. */
-async function registerDevices(
-  base: string,
-  count: number,
-  parallel: number,
-): Promise<Array<{ id: string; key: string }>> {
-  const out: Array<{ id: string; key: string }> = new Array(count);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < count) {
-      const i = next++;
-      const id = `mqtt-${String(i).padStart(6, "0")}`;
-      const res = await fetch(`${base}/api/v1/devices`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-        body: JSON.stringify({ id, kind: "thermostat" }),
-      });
-      const body = await res.json();
-      if (res.status !== 201) {
-        throw new Error(`Registering ${id}: ${res.status} ${JSON.stringify(body)}`);
-      }
-      out[i] = { id, key: body.key };
-    }
-  };
-  await Promise.all(Array.from({ length: parallel }, worker));
-  return out;
 }
