@@ -76,6 +76,11 @@ export interface CommandLatency {
   othersCpu: number | null;
   /** Ms some task stalled on I/O (Linux PSI `/proc/pressure/io`, `some`) while commands ran. */
   ioStallMs: number | null;
+  /**
+   * The disk under the KV file while commands ran: a probe writing 4 KiB and `fdatasync`ing it
+   * every 10 ms, as each durable commit does. Its latency is the floor under every commit.
+   */
+  disk: { syncs: number; p50: number; p99: number; max: number };
 }
 
 /** What the MQTT part measured. */
@@ -364,6 +369,7 @@ async function commandRun(
   let cpuBefore: ReturnType<typeof threadCpu> = null;
   let others: (seconds: number) => number | null = () => null;
   let ioBefore: number | null = null;
+  let stopProbe: (() => Promise<CommandLatency["disk"]>) | undefined;
   let m0 = 0;
   while (sent < total) {
     const due = Math.min(total, Math.floor((performance.now() - t0) / 1000 * rate) + 1);
@@ -374,6 +380,7 @@ async function commandRun(
         cpuBefore = threadCpu(server.process.pid);
         others = othersMeter([server, child]);
         ioBefore = ioStallMicros();
+        stopProbe = diskProbe(dir);
         m0 = performance.now();
       }
       const p = send(sent++, measured);
@@ -388,6 +395,7 @@ async function commandRun(
   const othersCpu = others(sendSeconds);
   const ioAfter = ioStallMicros();
   const ioStallMs = ioBefore === null || ioAfter === null ? null : (ioAfter - ioBefore) / 1000;
+  const disk = await stopProbe!();
   child.process.stdin.close();
   const responder = JSON.parse(
     (await child.line((l) => l.startsWith("BENCH_RESULT "), 30_000)).slice(13),
@@ -420,6 +428,37 @@ async function commandRun(
     serverCpu,
     othersCpu,
     ioStallMs,
+    disk,
+  };
+}
+
+/**
+ * Starts timing `fdatasync` on a 4 KiB write next to the KV file every 10 ms, the same kind of
+ * sync every durable KV commit waits for; the returned function stops it and gives the figures.
+ */
+function diskProbe(dir: string): () => Promise<CommandLatency["disk"]> {
+  let stop = false;
+  const times: number[] = [];
+  const run = (async () => {
+    using file = await Deno.open(`${dir}/disk_probe.bin`, { create: true, write: true });
+    const block = new Uint8Array(4096);
+    for (let i = 0; !stop; i++) {
+      block[0] = i & 255;
+      const started = performance.now();
+      await file.write(block);
+      await file.syncData();
+      times.push(performance.now() - started);
+      if (i % 256 === 255) await file.seek(0, Deno.SeekMode.Start);
+      await sleep(10);
+    }
+  })();
+  return async () => {
+    stop = true;
+    await run;
+    times.sort((a, b) => a - b);
+    const at = (p: number) =>
+      times[Math.min(times.length - 1, Math.floor(times.length * p))] ?? NaN;
+    return { syncs: times.length, p50: at(0.5), p99: at(0.99), max: times.at(-1) ?? NaN };
   };
 }
 
