@@ -63,6 +63,8 @@ export interface ActivationContext<S, M> {
   now(): number;
   /** Told when an activation has finished its work, so an over-full directory can drop it. */
   onIdle(activation: Activation<S, M>): void;
+  /** Told every message's reply as its sender gets it (for metrics). */
+  onReply?(message: M, reply: Reply): void;
 }
 
 /** One actor in memory. */
@@ -141,7 +143,7 @@ export class Activation<S, M> {
           // Storage failed: the batch's senders learn of it; nothing was released.
           this.#inTurn = false;
           this.#loaded = undefined;
-          for (const envelope of batch) envelope.reject(error);
+          this.#settle(batch, error);
         }
         if (this.idle) this.#ctx.onIdle(this);
       }
@@ -158,7 +160,7 @@ export class Activation<S, M> {
       if (!(error instanceof CommitTooLargeError)) throw error;
       if (batch.length === 1) {
         this.#inTurn = false;
-        batch[0].reject(this.#ctx.behavior.tooLarge(error));
+        this.#settle(batch, this.#ctx.behavior.tooLarge(error));
         return;
       }
       const half = Math.ceil(batch.length / 2);
@@ -185,8 +187,7 @@ export class Activation<S, M> {
       if (loaded === null) {
         this.#loaded = undefined;
         this.#inTurn = false;
-        const error = behavior.notFound(this.id);
-        for (const envelope of batch) envelope.reject(error);
+        this.#settle(batch, behavior.notFound(this.id));
         return;
       }
       const plan = await behavior.plan(this.id, loaded, messages);
@@ -198,14 +199,14 @@ export class Activation<S, M> {
           continue;
         }
         this.#inTurn = false;
-        settle(batch, plan.replies);
+        this.#settle(batch, plan.replies);
         return;
       }
       const outcome = await batcher.submit(plan.commit);
       if (outcome.ok) {
         this.#loaded = { state: plan.state, versionstamp: outcome.versionstamp };
         this.#inTurn = false;
-        settle(batch, plan.replies);
+        this.#settle(batch, plan.replies);
         plan.release();
         return;
       }
@@ -215,12 +216,16 @@ export class Activation<S, M> {
       `Actor ${this.id} kept conflicting with other writers after ${maxReplays} replays.`,
     );
   }
-}
 
-function settle<M>(batch: Envelope<M>[], replies: Reply[]): void {
-  batch.forEach((envelope, i) => {
-    const reply = replies[i];
-    if (reply.ok) envelope.resolve(reply.value);
-    else envelope.reject(reply.error);
-  });
+  /** Answers each message with its reply, or all of them with `error`. */
+  #settle(batch: Envelope<M>[], replies: Reply[] | unknown): void {
+    const onReply = this.#ctx.onReply;
+    for (let i = 0; i < batch.length; i++) {
+      const envelope = batch[i];
+      const reply: Reply = Array.isArray(replies) ? replies[i] : { ok: false, error: replies };
+      onReply?.(envelope.message, reply);
+      if (reply.ok) envelope.resolve(reply.value);
+      else envelope.reject(reply.error);
+    }
+  }
 }

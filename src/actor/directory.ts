@@ -4,7 +4,7 @@
  * @module
  */
 import type { CommitBatcher } from "./commit_batcher.ts";
-import { Activation, type ActivationContext, type Behavior } from "./activation.ts";
+import { Activation, type ActivationContext, type Behavior, type Reply } from "./activation.ts";
 
 /** Directory settings. */
 export interface DirectoryOptions<S, M> {
@@ -24,6 +24,8 @@ export interface DirectoryOptions<S, M> {
   maxReplays?: number;
   /** Current time in ms. */
   now(): number;
+  /** Told every message's reply as its sender gets it (for metrics). */
+  onReply?(message: M, reply: Reply): void;
 }
 
 /** Activations by id, in least-recently-used order. */
@@ -47,6 +49,7 @@ export class Directory<S, M> {
       maxBatch: options.maxBatch ?? 64,
       maxReplays: options.maxReplays ?? 50,
       now: options.now,
+      onReply: options.onReply,
       onIdle: (activation: Activation<S, M>) => {
         // Many activations: those not in use keep their state packed.
         if (this.#activations.size > this.#packAbove) activation.pack();

@@ -91,9 +91,18 @@ export class DoppelMetrics {
     this.messages.inc(labels);
     if (message.type === "telemetry" && outcome === "ok") {
       const { accepted, duplicates } = reply as { accepted: number; duplicates: number };
-      if (accepted) this.points.inc({ transport, result: "accepted" }, accepted);
-      if (duplicates) this.points.inc({ transport, result: "duplicate" }, duplicates);
+      if (accepted) this.points.inc(this.#pointLabels(transport, "accepted"), accepted);
+      if (duplicates) this.points.inc(this.#pointLabels(transport, "duplicate"), duplicates);
     }
+  }
+
+  #points = new Map<string, Labels>();
+
+  #pointLabels(transport: string, result: string): Labels {
+    const id = `${transport}|${result}`;
+    let labels = this.#points.get(id);
+    if (!labels) this.#points.set(id, labels = { transport, result });
+    return labels;
   }
 
   /** Records one committed batch. */

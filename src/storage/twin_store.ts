@@ -99,14 +99,37 @@ export function encodeTwin(
  * puts them back), to keep the value — rewritten on every turn — small.
  */
 function storedForm(record: TwinRecord): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...record, history: packHistory(record.history) };
-  if (!record.desiredTombstones.length) delete out.desiredTombstones;
-  if (!record.tombstoneHorizon) delete out.tombstoneHorizon;
-  if (!record.desiredAcked) delete out.desiredAcked;
-  if (!Object.keys(record.alarms).length) delete out.alarms;
-  if (!Object.keys(record.memory).length) delete out.memory;
-  if (!record.eventSeq) delete out.eventSeq;
+  // Built field by field rather than spread and `delete`d: deleting turns an object into a slow
+  // dictionary, which JSON.stringify then walks slowly, on every commit.
+  const out: Record<string, unknown> = {};
+  for (const name in record) {
+    const value = record[name as keyof TwinRecord];
+    if (name === "history") out.history = packHistory(record.history);
+    else if (!atDefault(name, value)) out[name] = value;
+  }
   return out;
+}
+
+/** Whether a field holds the value `upgradeRecord` would put back, so it need not be stored. */
+function atDefault(name: string, value: unknown): boolean {
+  switch (name) {
+    case "desiredTombstones":
+      return (value as unknown[]).length === 0;
+    case "tombstoneHorizon":
+    case "desiredAcked":
+    case "eventSeq":
+      return !value;
+    case "alarms":
+    case "memory":
+      return isEmpty(value as object);
+    default:
+      return false;
+  }
+}
+
+function isEmpty(object: object): boolean {
+  for (const _ in object) return false;
+  return true;
 }
 
 /** How many chunks the stored form of `record` takes. */
