@@ -35,7 +35,12 @@ export interface MemoryChildResult {
   start: MemorySample;
   /** Before any activation (after seeding in mode `both`), after a last-resort collection. */
   baseline: MemorySample;
-  /** Every twin activated, after ordinary full collections (`gc()` three times). */
+  /**
+   * Every twin activated, then left idle for 30 s with no forced collection: what `top` shows
+   * for a settled server.
+   */
+  settled: MemorySample & { afterSeconds: number };
+  /** Every twin activated and settled, then after ordinary full collections (`gc()` three times). */
   activated: MemorySample;
   /** Every twin activated, after a last-resort collection that also gives back free pages. */
   activatedCompacted: MemorySample;
@@ -90,6 +95,16 @@ async function sample(): Promise<MemorySample> {
   };
 }
 
+/**
+ * Waits `seconds` doing nothing and returns a sample then. V8 gives memory back by itself once a
+ * process goes quiet (its memory reducer starts some 10 s after allocation slows down), so this is
+ * what `top` shows for a server that has settled.
+ */
+async function settle(seconds: number): Promise<MemorySample & { afterSeconds: number }> {
+  await sleep(seconds * 1000);
+  return { ...(await sample()), afterSeconds: seconds };
+}
+
 async function main(): Promise<void> {
   const [mode, path, countArg, concurrencyArg] = Deno.args;
   if (mode !== "seed" && mode !== "activate" && mode !== "both") {
@@ -141,6 +156,7 @@ async function main(): Promise<void> {
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
     const activateSeconds = (performance.now() - t0) / 1000;
+    const settled = await settle(30);
     await collectGarbage(false);
     const activated = await sample();
     await collectGarbage(true);
@@ -148,6 +164,7 @@ async function main(): Promise<void> {
     const result: MemoryChildResult = {
       start,
       baseline,
+      settled,
       activated,
       activatedCompacted,
       activations: runtime.activations,
