@@ -122,8 +122,9 @@ export class HistoryWriter {
   >();
   #deviceId: string;
   #stored: ReadonlyMap<string, RollupChunk | null>;
-  // History states this turn made, and which of their metrics it copied already.
-  #owned = new WeakMap<HistoryState, Set<string>>();
+  // The history state this turn made (a turn threads one through), and the metrics it copied.
+  #owned: HistoryState | undefined;
+  #ownedMetrics: string[] = [];
 
   /** For one twin, with the rollup chunks read before the turn. */
   constructor(deviceId: string, stored: ReadonlyMap<string, RollupChunk | null>) {
@@ -135,18 +136,18 @@ export class HistoryWriter {
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
     // The first point of a metric in this turn copies its state; later ones add in place (the
     // stored state is never changed, so a turn run again after a conflict starts clean).
-    let owned = this.#owned.get(history);
-    if (!owned) {
+    if (history !== this.#owned) {
       history = { metrics: { ...history.metrics }, chunkSeq: history.chunkSeq };
-      this.#owned.set(history, owned = new Set());
+      this.#owned = history;
+      this.#ownedMetrics = [];
     }
     let current = history.metrics[metric];
-    if (!owned.has(metric)) {
+    if (!this.#ownedMetrics.includes(metric)) {
       current = current
         ? { buffer: [...current.buffer], open: { ...current.open } }
         : { buffer: [], open: {} };
       history.metrics[metric] = current;
-      owned.add(metric);
+      this.#ownedMetrics.push(metric);
     }
     const buffer = current.buffer;
     const flush = () => {

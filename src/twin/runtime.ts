@@ -316,6 +316,8 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   #chunks = new WeakMap<TwinRecord, number>();
   // The JSON text each committed record was stored as (for packing idle activations).
   #json = new WeakMap<TwinRecord, string>();
+  // The last turn's time as ISO text: turns in the same millisecond share it.
+  #iso = { ms: NaN, text: "" };
 
   constructor(
     runtime: TwinRuntime,
@@ -369,11 +371,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     const reads = await this.#read(id, current.state, messages);
     const chunks = new Map<string, RollupChunk | null>();
     const now = clock.now();
+    if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
     let turn: TurnResult;
     for (;;) {
       turn = runTurn(current.state, messages, { ...reads, rollupChunks: chunks }, {
         kind,
         now,
+        nowIso: this.#iso.text,
         randomId: this.#randomId,
         httpTimeoutMs: this.#httpTimeoutMs,
         history: this.#history,

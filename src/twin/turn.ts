@@ -126,6 +126,8 @@ export interface TurnEnv {
   kind: TwinKind;
   /** The turn's time in ms. */
   now: number;
+  /** `now` as an ISO 8601 string, when the caller has it already (many turns share a ms). */
+  nowIso?: string;
   /** 8 random hex characters, for command ids. */
   randomId(): string;
   /** An HTTP-only device counts as offline this long (ms) after its last request. */
@@ -268,7 +270,7 @@ class Turn {
   #nowIso: string;
 
   constructor(record: TwinRecord, reads: TurnReads, env: TurnEnv) {
-    this.#nowIso = new Date(env.now).toISOString();
+    this.#nowIso = env.nowIso ?? new Date(env.now).toISOString();
     this.#draft = {
       state: record,
       owned: false,
@@ -397,7 +399,7 @@ class Turn {
     const timeout = this.#env.httpTimeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS;
     this.#update(draft, {
       presence: { ...draft.state.presence, httpUntil: now + timeout },
-      connection: { ...draft.state.connection, lastSeenAt: new Date(now).toISOString() },
+      connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
     });
     draft.changed = true;
     this.#settlePresence(draft, "request", "http");
@@ -422,7 +424,7 @@ class Turn {
           },
         },
       },
-      connection: { ...state.connection, lastSeenAt: new Date(now).toISOString() },
+      connection: { ...state.connection, lastSeenAt: this.#nowIso },
     });
     draft.changed = true;
     this.#settlePresence(draft, "connect", message.transport);
@@ -457,7 +459,7 @@ class Turn {
     delete sessions[sessionId];
     this.#update(draft, {
       presence: { ...draft.state.presence, sessions },
-      connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
+      connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
     });
     draft.changed = true;
     this.#settlePresence(draft, reason, transport);
@@ -547,7 +549,7 @@ class Turn {
     const alarm: AlarmRecord = {
       ...open,
       state: "cleared",
-      clearedAt: new Date(this.#env.now).toISOString(),
+      clearedAt: this.#nowIso,
       clearedBy: by,
     };
     this.#writeAlarm(draft, alarm, "cleared");
@@ -561,7 +563,7 @@ class Turn {
     const alarm: AlarmRecord = {
       ...open,
       state: "acknowledged",
-      acknowledgedAt: new Date(this.#env.now).toISOString(),
+      acknowledgedAt: this.#nowIso,
     };
     this.#writeAlarm(draft, alarm, "acknowledged");
     return alarm;
@@ -601,7 +603,7 @@ class Turn {
     const current = draft.state.connection.status;
     if (online === (current === "online")) return;
     const status = online ? "online" : "offline";
-    const at = new Date(now).toISOString();
+    const at = this.#nowIso;
     const connection: Connection = { ...draft.state.connection, status, since: at, reason };
     this.#update(draft, { connection });
     draft.changed = true;
@@ -619,7 +621,7 @@ class Turn {
     if (!command || command.status !== "queued") return null;
     const now = this.#env.now;
     const next = transition(command, "delivered", now, {
-      deliveredAt: new Date(now).toISOString(),
+      deliveredAt: this.#nowIso,
       timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
     });
     this.#update(draft, {
@@ -644,12 +646,13 @@ class Turn {
     const batch = items.length > 1;
     const parsed: Array<{ id?: string; ts: number; values: JsonObject }> = [];
     const issues: FieldIssue[] = [];
-    items.forEach((item, index) => {
+    for (let index = 0; index < items.length; index++) {
+      const item = items[index];
       const prefix = batch ? `items[${index}]` : "";
       const at = (field: string) => (prefix && field ? `${prefix}.${field}` : prefix || field);
       if (!isObject(item)) {
         issues.push({ field: prefix || "(body)", message: "must be a JSON object" });
-        return;
+        continue;
       }
       const { ts, id, ...values } = item;
       if (
@@ -677,7 +680,7 @@ class Turn {
           values: result.data as JsonObject,
         });
       }
-    });
+    }
     if (issues.length > 0) {
       throw validationError(
         batch ? "Telemetry batch refused whole:" : "Telemetry refused:",
@@ -756,7 +759,7 @@ class Turn {
     const { kind } = this.#env;
     const result = this.#patchState(draft, "reported", patch, kind.reported);
     this.#update(draft, {
-      connection: { ...draft.state.connection, lastSeenAt: new Date(this.#env.now).toISOString() },
+      connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
     });
     draft.changed = true;
     if (result) {
@@ -816,7 +819,7 @@ class Turn {
     }
     if (JSON.stringify(next) === JSON.stringify(state[part])) return null;
     const version = state.version + 1;
-    const stamp = { updatedAt: new Date(this.#env.now).toISOString(), version };
+    const stamp = { updatedAt: this.#nowIso, version };
     this.#update(draft, {
       version,
       [part]: next,
@@ -914,7 +917,7 @@ class Turn {
     const ttl = options.ttl ?? COMMAND_LIMITS.defaultTtl;
     const timeout = options.timeout ?? COMMAND_LIMITS.defaultTimeout;
     const seq = state.commands.nextSeq;
-    const at = new Date(now).toISOString();
+    const at = this.#nowIso;
     const command: CommandRecord = {
       id: commandId(seq, this.#env.randomId()),
       seq,
@@ -942,7 +945,7 @@ class Turn {
     const pending = draft.state.commands.pending.map((command) => {
       if (command.status !== "queued" || delivered.length >= limit) return command;
       const next = transition(command, "delivered", now, {
-        deliveredAt: new Date(now).toISOString(),
+        deliveredAt: this.#nowIso,
         timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
       });
       delivered.push(next);
@@ -980,7 +983,7 @@ class Turn {
     const now = this.#env.now;
     // A result proves the device had the command, even if its hand-over ack has not come yet.
     const handed = command.status === "queued"
-      ? transition(command, "delivered", now, { deliveredAt: new Date(now).toISOString() })
+      ? transition(command, "delivered", now, { deliveredAt: this.#nowIso })
       : command;
     const done = transition(handed, status, now, result === undefined ? {} : { result });
     this.#update(draft, {
@@ -1030,7 +1033,7 @@ class Turn {
     const event: TwinEvent = {
       seq,
       type,
-      at: new Date(this.#env.now).toISOString(),
+      at: this.#nowIso,
       ...(data === undefined ? {} : { data }),
     };
     this.#update(draft, { eventSeq: seq });
