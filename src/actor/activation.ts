@@ -14,6 +14,8 @@ export interface Loaded<S> {
   state: S;
   /** The versionstamp of the key the state lives under. */
   versionstamp: string;
+  /** Whatever the behaviour keeps beside this state (how it was stored, say); opaque here. */
+  meta?: unknown;
 }
 
 /** The reply to one message. */
@@ -29,6 +31,8 @@ export interface Plan<S> {
   commit: CommitRequest | null;
   /** Releases the turn's effects; called once, only after the commit is durable. */
   release(): void;
+  /** Kept beside the new state once committed, and handed back with it (see {@link Loaded}). */
+  meta?: unknown;
 }
 
 /** The actor-specific part: how to load state and plan a turn over a batch of messages. */
@@ -44,7 +48,7 @@ export interface Behavior<S, M> {
   /** The error for one message whose writes cannot fit in one atomic. */
   tooLarge(error: CommitTooLargeError): Error;
   /** A compact form of the state, for activations kept in memory but not in use. */
-  pack?(state: S): unknown;
+  pack?(loaded: Loaded<S>): unknown;
   /** The state back from {@link pack}'s form. */
   unpack?(packed: unknown): S;
 }
@@ -75,7 +79,7 @@ export class Activation<S, M> {
   #mailbox = new Mailbox<M>();
   #loaded: Loaded<S> | null | undefined;
   // The state in its packed form while the activation sits idle in a crowded directory.
-  #packed: { data: unknown; versionstamp: string } | undefined;
+  #packed: { data: unknown; versionstamp: string; meta: unknown } | undefined;
   #running = false;
   #inTurn = false;
   #lastUsed: number;
@@ -125,8 +129,9 @@ export class Activation<S, M> {
     const { behavior } = this.#ctx;
     if (!this.idle || !this.#loaded || !behavior.pack) return;
     this.#packed = {
-      data: behavior.pack(this.#loaded.state),
+      data: behavior.pack(this.#loaded),
       versionstamp: this.#loaded.versionstamp,
+      meta: this.#loaded.meta,
     };
     this.#loaded = undefined;
   }
@@ -179,6 +184,7 @@ export class Activation<S, M> {
         this.#loaded = {
           state: behavior.unpack(this.#packed.data),
           versionstamp: this.#packed.versionstamp,
+          meta: this.#packed.meta,
         };
       }
       this.#packed = undefined;
@@ -204,7 +210,7 @@ export class Activation<S, M> {
       }
       const outcome = await batcher.submit(plan.commit);
       if (outcome.ok) {
-        this.#loaded = { state: plan.state, versionstamp: outcome.versionstamp };
+        this.#loaded = { state: plan.state, versionstamp: outcome.versionstamp, meta: plan.meta };
         this.#inTurn = false;
         this.#settle(batch, plan.replies);
         plan.release();

@@ -33,6 +33,8 @@ export interface StoredTwin {
   state: TwinRecord;
   /** The head's versionstamp. */
   versionstamp: string;
+  /** Chunks the record is stored in (1 when the head holds all of it). */
+  chunks: number;
 }
 
 /** Reads a twin record, or `null` if there is none. */
@@ -42,7 +44,7 @@ export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | nu
     if (head.versionstamp === null) return null;
     const { json, chunks: count } = headParts(head.value);
     if (count <= 1) {
-      return { state: upgradeRecord(JSON.parse(json)), versionstamp: head.versionstamp };
+      return { state: upgradeRecord(JSON.parse(json)), versionstamp: head.versionstamp, chunks: 1 };
     }
     // Read the head again with its chunks in consistent snapshots of 10 keys; if the head moved
     // meanwhile, start over.
@@ -58,7 +60,11 @@ export async function loadTwin(kv: Deno.Kv, id: string): Promise<StoredTwin | nu
       else for (const chunk of chunks) parts.push(chunk.value as string);
     }
     if (!moved) {
-      return { state: upgradeRecord(JSON.parse(parts.join(""))), versionstamp: head.versionstamp };
+      return {
+        state: upgradeRecord(JSON.parse(parts.join(""))),
+        versionstamp: head.versionstamp,
+        chunks: count,
+      };
     }
   }
 }

@@ -306,16 +306,20 @@ export class TwinRuntime {
   }
 }
 
+/** What the runtime keeps beside a twin's state in its activation: how the state is stored. */
+interface StoredMeta {
+  /** Chunks the stored record takes, so a shrinking record deletes its leftovers. */
+  chunks: number;
+  /** The JSON text the record was stored as, when it fits in the head (to pack it idle). */
+  json?: string;
+}
+
 /** Twins as actors: how to load, read for, run and encode a turn. */
 class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   #runtime: TwinRuntime;
   #randomId: () => string;
   #httpTimeoutMs: number | undefined;
   #history: boolean;
-  // Chunks each stored record took, so a shrinking record deletes its leftovers.
-  #chunks = new WeakMap<TwinRecord, number>();
-  // The JSON text each committed record was stored as (for packing idle activations).
-  #json = new WeakMap<TwinRecord, string>();
   // The last turn's time as ISO text: turns in the same millisecond share it.
   #iso = { ms: NaN, text: "" };
 
@@ -333,17 +337,18 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
 
   async load(id: string): Promise<Loaded<TwinRecord> | null> {
     const stored = await loadTwin(this.#runtime.internals.kv, id);
-    if (stored) this.#chunks.set(stored.state, -1);
-    return stored;
+    if (!stored) return null;
+    const meta: StoredMeta = { chunks: stored.chunks };
+    return { state: stored.state, versionstamp: stored.versionstamp, meta };
   }
 
   async isCurrent(id: string, versionstamp: string): Promise<boolean> {
     return (await twinVersionstamp(this.#runtime.internals.kv, id)) === versionstamp;
   }
 
-  pack(state: TwinRecord): unknown {
+  pack(loaded: Loaded<TwinRecord>): unknown {
     // The JSON text just committed, when there is one: no second stringify.
-    return this.#json.get(state) ?? JSON.stringify(state);
+    return (loaded.meta as StoredMeta | undefined)?.json ?? JSON.stringify(loaded.state);
   }
 
   unpack(packed: unknown): TwinRecord {
@@ -391,11 +396,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }
     const state = turn.state;
-    const previous = this.#chunks.get(current.state) ?? 1;
-    const encoded = encodeTwin(state, previous < 0 ? chunksOf(current.state) : previous);
-    this.#chunks.set(state, encoded.chunks);
+    const previous = (current.meta as StoredMeta | undefined)?.chunks ?? chunksOf(current.state);
+    const encoded = encodeTwin(state, previous);
     const head = encoded.mutations[0];
-    if (head.type === "set" && typeof head.value === "string") this.#json.set(state, head.value);
+    const meta: StoredMeta = {
+      chunks: encoded.chunks,
+      json: head.type === "set" && typeof head.value === "string" ? head.value : undefined,
+    };
     const mutations = encoded.mutations;
     let bytes = encoded.bytes;
     for (const command of turn.writes.commands) {
@@ -451,6 +458,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     bytes += encodeAlarms(id, turn, mutations);
     return {
       state,
+      meta,
       replies: turn.replies,
       commit: {
         checks: [{ key: keys.twin(id), versionstamp: current.versionstamp }],
