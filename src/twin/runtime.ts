@@ -373,13 +373,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   ): Promise<Plan<TwinRecord>> {
     const { clock, bus, logger } = this.#runtime.internals;
     const kind = this.#runtime.kindOf(current.state.kind);
-    const reads = await this.#read(id, current.state, messages);
-    const chunks = new Map<string, RollupChunk | null>();
+    const reading = this.#read(id, current.state, messages);
+    let reads = reading instanceof Promise ? await reading : reading;
     const now = clock.now();
     if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
     let turn: TurnResult;
     for (;;) {
-      turn = runTurn(current.state, messages, { ...reads, rollupChunks: chunks }, {
+      turn = runTurn(current.state, messages, reads, {
         kind,
         now,
         nowIso: this.#iso.text,
@@ -390,7 +390,9 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
       if (!turn.missing) break;
       // The turn closed a rollup bucket (or took a late point) whose stored chunk it needs.
       const entries = await this.#runtime.internals.kv.getMany<RollupChunk[]>(turn.missing);
+      const chunks = new Map(reads.rollupChunks);
       entries.forEach((entry, i) => chunks.set(keyId(turn.missing![i]), entry.value));
+      reads = { ...reads, rollupChunks: chunks };
     }
     if (!turn.changed) {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
@@ -477,8 +479,11 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     };
   }
 
-  /** Reads what the turn needs: telemetry ids already seen, commands behind idempotency keys. */
-  async #read(id: string, state: TwinRecord, messages: TwinMessage[]): Promise<TurnReads> {
+  /**
+   * Reads what the turn needs: telemetry ids already seen, commands behind idempotency keys.
+   * Most turns need nothing read, and get their answer without a promise.
+   */
+  #read(id: string, state: TwinRecord, messages: TwinMessage[]): TurnReads | Promise<TurnReads> {
     const kv = this.#runtime.internals.kv;
     const messageIds: string[] = [];
     const idemKeys: string[] = [];
@@ -498,12 +503,12 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         resultIds.push(message.commandId);
       }
     }
+    if (messageIds.length === 0 && idemKeys.length === 0 && resultIds.length === 0) {
+      return NO_READS;
+    }
     const seenMessageIds = new Set<string>();
     const idempotent = new Map<string, CommandRecord>();
     const finishedCommandIds = new Set<string>();
-    if (messageIds.length === 0 && idemKeys.length === 0 && resultIds.length === 0) {
-      return { seenMessageIds, idempotent };
-    }
     const reads: Promise<void>[] = [];
     for (let i = 0; i < messageIds.length; i += 10) {
       const slice = messageIds.slice(i, i + 10);
@@ -529,10 +534,15 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         if (await this.#runtime.getCommand(id, commandId)) finishedCommandIds.add(commandId);
       })());
     }
-    await Promise.all(reads);
-    return { seenMessageIds, idempotent, finishedCommandIds };
+    return Promise.all(reads).then(() => ({ seenMessageIds, idempotent, finishedCommandIds }));
   }
 }
+
+/** What a turn that needs nothing read gets (never changed). */
+const NO_READS: TurnReads = Object.freeze({
+  seenMessageIds: new Set<string>(),
+  idempotent: new Map<string, CommandRecord>(),
+});
 
 function chunksOf(record: TwinRecord): number {
   return Math.max(1, Math.ceil(JSON.stringify(record).length / 30_000));

@@ -274,8 +274,8 @@ class Turn {
     this.#draft = {
       state: record,
       owned: false,
-      commands: new Map(),
-      alarms: new Map(),
+      commands: NO_COMMANDS,
+      alarms: NO_ALARMS,
       messageIds: [],
       idempotency: [],
       events: [],
@@ -331,12 +331,12 @@ class Turn {
       replies,
       changed: draft.changed,
       writes: {
-        commands: [...draft.commands.values()],
+        commands: draft.commands.size ? [...draft.commands.values()] : [],
         messageIds: draft.messageIds,
         idempotency: draft.idempotency,
         events: draft.events,
         staleTimer: this.#staleTimer,
-        alarms: [...draft.alarms.values()],
+        alarms: draft.alarms.size ? [...draft.alarms.values()] : [],
         rawChunks: this.#history?.raw ?? [],
         rollupChunks: [...(this.#history?.rollups.values() ?? [])],
       },
@@ -720,10 +720,9 @@ class Turn {
         this.#update(draft, { history });
       }
       if (kind.rules.length > 0) {
-        const values = new Map(numbers);
         for (const rule of kind.rules) {
           const metric = "metric" in rule ? rule.metric : undefined;
-          const value = metric === undefined ? undefined : values.get(metric);
+          const value = metric === undefined ? undefined : valueOf(numbers, metric);
           if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
           this.#applyFiring(
             draft,
@@ -1077,12 +1076,17 @@ class Turn {
           d.changed = true;
         }),
     };
-    const saved = checkpoint(draft);
+    // The handler only records wishes; the draft changes when they are applied, so the
+    // checkpoint to return to (when one fails) is taken only if there are any.
+    let saved: Checkpoint | undefined;
     try {
       call(ctx);
-      for (const op of ops) op(draft);
+      if (ops.length > 0) {
+        saved = checkpoint(draft);
+        for (const op of ops) op(draft);
+      }
     } catch (error) {
-      rollback(draft, saved);
+      if (saved) rollback(draft, saved);
       const message = error instanceof Error ? error.message : String(error);
       this.#recordEvent(draft, "handler.failed", { handler: name, message });
       draft.notices.push({
@@ -1144,6 +1148,15 @@ function rollback(draft: Draft, saved: Checkpoint): void {
 }
 
 const NO_CHUNKS: ReadonlyMap<string, RollupChunk | null> = new Map();
+// A draft starts with these and replaces them on its first write (they are never changed in place).
+const NO_COMMANDS: Map<number, CommandRecord> = new Map();
+const NO_ALARMS: Map<string, AlarmWrite> = new Map();
+
+/** The value of `metric` among a reading's numeric fields (a handful: a scan beats a Map). */
+function valueOf(numbers: Array<[string, number]>, metric: string): number | undefined {
+  for (const [name, value] of numbers) if (name === metric) return value;
+  return undefined;
+}
 
 function minDue(a: number | null, b: number | null): number | null {
   return a === null ? b : b === null ? a : Math.min(a, b);
