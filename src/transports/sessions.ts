@@ -304,17 +304,23 @@ export class DeviceSession {
     served.desiredBusy = true;
     const { runtime, kv } = this.#hub.deps;
     (async () => {
-      do {
-        served.desiredDirty = false;
-        const stored = await loadTwin(kv, id);
-        const update = stored && desiredSince(stored.state, stored.state.desiredAcked);
-        if (!update || this.#closed) break;
-        if (await this.#downlink.pushDesired(id, update)) {
-          await runtime.send(id, { type: "desired.ack", version: update.version });
-        }
-      } while (served.desiredDirty && !this.#closed);
-    })().catch((error) => this.#log(id, `Pushing desired state failed: ${error}`))
-      .finally(() => served.desiredBusy = false);
+      try {
+        do {
+          served.desiredDirty = false;
+          const stored = await loadTwin(kv, id);
+          if (this.#closed) return;
+          // Nothing new in what was read does not end the loop: a change that committed after
+          // the read marked the push dirty, and is sent on the next round.
+          const update = stored && desiredSince(stored.state, stored.state.desiredAcked);
+          if (update && await this.#downlink.pushDesired(id, update)) {
+            await runtime.send(id, { type: "desired.ack", version: update.version });
+          }
+        } while (served.desiredDirty && !this.#closed);
+      } finally {
+        // In the same step as the last check of `desiredDirty`, so no change slips in between.
+        served.desiredBusy = false;
+      }
+    })().catch((error) => this.#log(id, `Pushing desired state failed: ${error}`));
   }
 
   #log(deviceId: string, message: string): void {
