@@ -1046,46 +1046,19 @@ class Turn {
    * throws leaves the message applied and records a `handler.failed` event instead.
    */
   #runHandler(draft: Draft, name: string, call: (ctx: TwinContext) => void): void {
-    const ops: Array<(d: Draft) => void> = [];
-    const before = draft.state;
-    let view: PublicTwin | undefined;
-    const ctx: TwinContext = {
-      // Built on first use: most handlers look at a reading, not the whole twin.
-      get twin() {
-        return view ??= publicTwin(before);
-      },
-      desired: before.desired,
-      reported: before.reported,
-      memory: before.memory,
-      now: this.#env.now,
-      sendCommand: (command, payload, options) =>
-        ops.push((d) => {
-          this.#newCommand(d, command, payload ?? null, options ?? {}, "twin");
-        }),
-      patchDesired: (patch) =>
-        ops.push((d) => {
-          this.#patchState(d, "desired", patch, this.#env.kind.desired);
-        }),
-      recordEvent: (type, data) => ops.push((d) => this.#recordEvent(d, type, data)),
-      raiseAlarm: (type, severity, message, details) =>
-        ops.push((d) => this.#raiseAlarm(d, type, severity, message ?? type, details)),
-      clearAlarm: (type) => ops.push((d) => void this.#clearAlarm(d, type, "handler")),
-      setMemory: (memory) =>
-        ops.push((d) => {
-          this.#update(d, { memory });
-          d.changed = true;
-        }),
-    };
+    const ctx = new HandlerContext(draft.state, this.#env.now);
     // The handler only records wishes; the draft changes when they are applied, so the
     // checkpoint to return to (when one fails) is taken only if there are any.
     let saved: Checkpoint | undefined;
     try {
       call(ctx);
-      if (ops.length > 0) {
+      ctx.close();
+      if (ctx.wishes.length > 0) {
         saved = checkpoint(draft);
-        for (const op of ops) op(draft);
+        for (const wish of ctx.wishes) this.#grant(draft, wish);
       }
     } catch (error) {
+      ctx.close();
       if (saved) rollback(draft, saved);
       const message = error instanceof Error ? error.message : String(error);
       this.#recordEvent(draft, "handler.failed", { handler: name, message });
@@ -1097,9 +1070,125 @@ class Turn {
       });
     }
   }
+
+  /** Does what a handler asked for. */
+  #grant(draft: Draft, wish: Wish): void {
+    switch (wish.type) {
+      case "command":
+        this.#newCommand(draft, wish.name, wish.payload, wish.options, "twin");
+        return;
+      case "desired":
+        this.#patchState(draft, "desired", wish.patch, this.#env.kind.desired);
+        return;
+      case "event":
+        this.#recordEvent(draft, wish.event, wish.data);
+        return;
+      case "alarm.raise":
+        this.#raiseAlarm(draft, wish.alarm, wish.severity, wish.message, wish.details);
+        return;
+      case "alarm.clear":
+        this.#clearAlarm(draft, wish.alarm, "handler");
+        return;
+      case "memory":
+        this.#update(draft, { memory: wish.memory });
+        draft.changed = true;
+        return;
+    }
+  }
 }
 
 type RuleStateOf = TwinRecord["rules"][string];
+
+/** Something a handler asked for, done once it has returned. */
+type Wish =
+  | { type: "command"; name: string; payload: Json; options: CommandOptions }
+  | { type: "desired"; patch: JsonObject }
+  | { type: "event"; event: string; data: Json | undefined }
+  | {
+    type: "alarm.raise";
+    alarm: string;
+    severity: Severity;
+    message: string;
+    details: Json | undefined;
+  }
+  | { type: "alarm.clear"; alarm: string }
+  | { type: "memory"; memory: JsonObject };
+
+/**
+ * What a handler gets: the twin as it stood before the handler, and calls that record wishes.
+ * Built for every handler call, so it holds little: the twin document is made on first use, and
+ * each call is handed out as a function only when asked for (a handler may destructure them).
+ */
+class HandlerContext implements TwinContext {
+  readonly now: number;
+  /** What the handler asked for, in order. */
+  readonly wishes: Wish[] = [];
+  #before: TwinRecord;
+  #view: PublicTwin | undefined;
+  #open = true;
+
+  constructor(before: TwinRecord, now: number) {
+    this.#before = before;
+    this.now = now;
+  }
+
+  /** Ends the handler's call: later wishes (from a callback it left behind) are refused. */
+  close(): void {
+    this.#open = false;
+  }
+
+  get twin(): PublicTwin {
+    return this.#view ??= publicTwin(this.#before);
+  }
+
+  get desired(): JsonObject {
+    return this.#before.desired;
+  }
+
+  get reported(): JsonObject {
+    return this.#before.reported;
+  }
+
+  get memory(): JsonObject {
+    return this.#before.memory;
+  }
+
+  get sendCommand(): TwinContext["sendCommand"] {
+    return (name, payload, options) =>
+      this.#wish({ type: "command", name, payload: payload ?? null, options: options ?? {} });
+  }
+
+  get patchDesired(): TwinContext["patchDesired"] {
+    return (patch) => this.#wish({ type: "desired", patch });
+  }
+
+  get recordEvent(): TwinContext["recordEvent"] {
+    return (event, data) => this.#wish({ type: "event", event, data });
+  }
+
+  get raiseAlarm(): TwinContext["raiseAlarm"] {
+    return (alarm, severity, message, details) =>
+      this.#wish({ type: "alarm.raise", alarm, severity, message: message ?? alarm, details });
+  }
+
+  get clearAlarm(): TwinContext["clearAlarm"] {
+    return (alarm) => this.#wish({ type: "alarm.clear", alarm });
+  }
+
+  get setMemory(): TwinContext["setMemory"] {
+    return (memory) => this.#wish({ type: "memory", memory });
+  }
+
+  #wish(wish: Wish): void {
+    if (!this.#open) {
+      throw new Error(
+        `A twin handler asked for "${wish.type}" after it had returned; handlers run synchronously, ` +
+          "so ask for everything before returning.",
+      );
+    }
+    this.wishes.push(wish);
+  }
+}
 
 function alarmNotOpen(alarmId: string): DoppelError {
   return new DoppelError(
