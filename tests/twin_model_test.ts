@@ -721,3 +721,35 @@ Deno.test("turn: a handler's command refused by the pending cap fails the handle
   assertEquals(result.writes.events.map((e) => e.type), ["handler.failed"]);
   assertMatch(JSON.stringify(result.writes.events[0].data), /100 commands waiting/);
 });
+
+Deno.test("turn: a handler may destructure its context; a call it keeps for later is refused", () => {
+  let kept: (() => void) | undefined;
+  const keeper = defineTwin({
+    kind: "keeper",
+    telemetry: z.strictObject({ lux: z.number() }),
+    desired: z.strictObject({ on: z.boolean().optional() }),
+    reported: z.record(z.string(), z.json()),
+    commands: { blink: z.strictObject({ times: z.number().int().min(1) }) },
+    handlers: {
+      onTelemetry({ sendCommand, recordEvent, memory, now }, item) {
+        sendCommand("blink", { times: 2 });
+        recordEvent("seen", { lux: item.lux, at: now, memory });
+        kept = () => recordEvent("too.late");
+      },
+    },
+  });
+  const result = turn(fresh("keeper"), [{ type: "telemetry", items: [{ lux: 5 }] }], {
+    kind: keeper,
+  });
+  assertEquals(result.state.commands.pending.map((c) => c.name), ["blink"]);
+  assertEquals(result.writes.events.map((e) => e.type), ["seen"]);
+  assertEquals(result.writes.events[0].data, { lux: 5, at: T0, memory: {} });
+  let refused: unknown;
+  try {
+    kept!();
+  } catch (error) {
+    refused = error;
+  }
+  assert(refused instanceof Error, "a late call throws");
+  assertMatch(refused.message, /after it had returned/);
+});
