@@ -41,8 +41,8 @@ export interface Behavior<S, M> {
   load(id: string): Promise<Loaded<S> | null>;
   /** Whether `versionstamp` is still current in storage (checked before trusting a no-op turn). */
   isCurrent(id: string, versionstamp: string): Promise<boolean>;
-  /** Reads what the turn needs and runs it. Must not write. */
-  plan(id: string, current: Loaded<S>, messages: M[]): Promise<Plan<S>>;
+  /** Reads what the turn needs and runs it (a promise only if it had to wait). Must not write. */
+  plan(id: string, current: Loaded<S>, messages: M[]): Plan<S> | Promise<Plan<S>>;
   /** The error for messages to an actor that does not exist. */
   notFound(id: string): Error;
   /** The error for one message whose writes cannot fit in one atomic. */
@@ -143,12 +143,9 @@ export class Activation<S, M> {
         const batch = this.#mailbox.take(this.#ctx.maxBatch);
         this.#inTurn = true;
         try {
-          await this.#turnFitting(batch);
+          await this.#turn(batch);
         } catch (error) {
-          // Storage failed: the batch's senders learn of it; nothing was released.
-          this.#inTurn = false;
-          this.#loaded = undefined;
-          this.#settle(batch, error);
+          await this.#failed(batch, error);
         }
         if (this.idle) this.#ctx.onIdle(this);
       }
@@ -157,11 +154,12 @@ export class Activation<S, M> {
     }
   }
 
-  /** Runs a turn; if its writes are too many for one atomic, runs halves of it in order. */
-  async #turnFitting(batch: Envelope<M>[]): Promise<void> {
+  /**
+   * After a turn threw: one whose writes are too many for one atomic runs again in halves, in
+   * order; any other error (storage failed) goes to the batch's senders, with nothing released.
+   */
+  async #failed(batch: Envelope<M>[], error: unknown): Promise<void> {
     try {
-      await this.#turn(batch);
-    } catch (error) {
       if (!(error instanceof CommitTooLargeError)) throw error;
       if (batch.length === 1) {
         this.#inTurn = false;
@@ -169,10 +167,18 @@ export class Activation<S, M> {
         return;
       }
       const half = Math.ceil(batch.length / 2);
-      this.#inTurn = true;
-      await this.#turnFitting(batch.slice(0, half));
-      this.#inTurn = true;
-      await this.#turnFitting(batch.slice(half));
+      for (const part of [batch.slice(0, half), batch.slice(half)]) {
+        this.#inTurn = true;
+        try {
+          await this.#turn(part);
+        } catch (partError) {
+          await this.#failed(part, partError);
+        }
+      }
+    } catch (failure) {
+      this.#inTurn = false;
+      this.#loaded = undefined;
+      this.#settle(batch, failure);
     }
   }
 
@@ -196,7 +202,8 @@ export class Activation<S, M> {
         this.#settle(batch, behavior.notFound(this.id));
         return;
       }
-      const plan = await behavior.plan(this.id, loaded, messages);
+      const planned = behavior.plan(this.id, loaded, messages);
+      const plan = planned instanceof Promise ? await planned : planned;
       if (plan.commit === null) {
         // Nothing to write, but the answers were computed from cached state: make sure no other
         // process has moved the actor on since, or they could be stale.

@@ -366,34 +366,62 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     return new DoppelError("not_found", `Device ${id} has no twin (it may have been deleted).`);
   }
 
-  async plan(
+  plan(
     id: string,
     current: Loaded<TwinRecord>,
     messages: TwinMessage[],
-  ): Promise<Plan<TwinRecord>> {
-    const { clock, bus, logger } = this.#runtime.internals;
-    const kind = this.#runtime.kindOf(current.state.kind);
+  ): Plan<TwinRecord> | Promise<Plan<TwinRecord>> {
+    // Most turns need nothing read first and are planned without a promise.
     const reading = this.#read(id, current.state, messages);
-    let reads = reading instanceof Promise ? await reading : reading;
-    const now = clock.now();
-    if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
-    let turn: TurnResult;
-    for (;;) {
-      turn = runTurn(current.state, messages, reads, {
-        kind,
-        now,
-        nowIso: this.#iso.text,
-        randomId: this.#randomId,
-        httpTimeoutMs: this.#httpTimeoutMs,
-        history: this.#history,
-      });
-      if (!turn.missing) break;
-      // The turn closed a rollup bucket (or took a late point) whose stored chunk it needs.
-      const entries = await this.#runtime.internals.kv.getMany<RollupChunk[]>(turn.missing);
-      const chunks = new Map(reads.rollupChunks);
-      entries.forEach((entry, i) => chunks.set(keyId(turn.missing![i]), entry.value));
-      reads = { ...reads, rollupChunks: chunks };
+    if (reading instanceof Promise) {
+      return reading.then((reads) => this.#planWith(id, current, messages, reads));
     }
+    return this.#planWith(id, current, messages, reading);
+  }
+
+  #planWith(
+    id: string,
+    current: Loaded<TwinRecord>,
+    messages: TwinMessage[],
+    reads: TurnReads,
+  ): Plan<TwinRecord> | Promise<Plan<TwinRecord>> {
+    const now = this.#runtime.internals.clock.now();
+    if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
+    const turn = runTurn(current.state, messages, reads, {
+      kind: this.#runtime.kindOf(current.state.kind),
+      now,
+      nowIso: this.#iso.text,
+      randomId: this.#randomId,
+      httpTimeoutMs: this.#httpTimeoutMs,
+      history: this.#history,
+    });
+    if (turn.missing) return this.#readThenPlan(id, current, messages, reads, turn.missing);
+    return this.#encode(id, current, turn, now);
+  }
+
+  /** The turn closed a rollup bucket (or took a late point) whose stored chunk it needs. */
+  async #readThenPlan(
+    id: string,
+    current: Loaded<TwinRecord>,
+    messages: TwinMessage[],
+    reads: TurnReads,
+    missing: Deno.KvKey[],
+  ): Promise<Plan<TwinRecord>> {
+    const entries = await this.#runtime.internals.kv.getMany<RollupChunk[]>(missing);
+    const chunks = new Map(reads.rollupChunks);
+    entries.forEach((entry, i) => chunks.set(keyId(missing[i]), entry.value));
+    return this.#planWith(id, current, messages, { ...reads, rollupChunks: chunks });
+  }
+
+  /** The plan for a turn that has run: its writes, and what to release after commit. */
+  #encode(
+    id: string,
+    current: Loaded<TwinRecord>,
+    turn: TurnResult,
+    now: number,
+  ): Plan<TwinRecord> {
+    const { bus, logger } = this.#runtime.internals;
+    const kind = this.#runtime.kindOf(current.state.kind);
     if (!turn.changed) {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }
