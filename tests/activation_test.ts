@@ -1,0 +1,140 @@
+/**
+ * The activation's rare paths, with a counter behaviour of its own: a batch whose writes do not
+ * fit in one atomic runs in halves, a single message too large for any atomic gets the
+ * behaviour's error, and a storage failure reaches every sender with nothing released.
+ * @module
+ */
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { type Behavior, type Loaded, type Plan } from "../src/actor/activation.ts";
+import { CommitBatcher, type CommitTooLargeError } from "../src/actor/commit_batcher.ts";
+import { Directory } from "../src/actor/directory.ts";
+
+/** A message asks for `writes` KV sets; the state counts messages applied. */
+interface Msg {
+  writes: number;
+}
+
+/** A counter actor stored under `["counter", id]`; each message writes `writes` extra keys. */
+class Counter implements Behavior<number, Msg> {
+  released = 0;
+  turns: number[] = [];
+  #kv: Deno.Kv;
+
+  constructor(kv: Deno.Kv) {
+    this.#kv = kv;
+  }
+
+  async load(id: string): Promise<Loaded<number>> {
+    const entry = await this.#kv.get<number>(["counter", id]);
+    return { state: entry.value ?? 0, versionstamp: entry.versionstamp ?? "" };
+  }
+
+  isCurrent(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  plan(id: string, current: Loaded<number>, messages: Msg[]): Plan<number> {
+    this.turns.push(messages.length);
+    const state = current.state + messages.length;
+    const mutations: Deno.KvMutation[] = [{ type: "set", key: ["counter", id], value: state }];
+    messages.forEach((m, i) => {
+      for (let w = 0; w < m.writes; w++) {
+        mutations.push({ type: "set", key: ["extra", id, state, i, w], value: w });
+      }
+    });
+    return {
+      state,
+      replies: messages.map(() => ({ ok: true, value: state })),
+      commit: {
+        checks: [{ key: ["counter", id], versionstamp: current.versionstamp || null }],
+        mutations,
+        bytes: 64 * mutations.length,
+      },
+      release: () => {
+        this.released++;
+      },
+    };
+  }
+
+  notFound(id: string): Error {
+    return new Error(`No ${id}.`);
+  }
+
+  tooLarge(error: CommitTooLargeError): Error {
+    return new RangeError(`Too large: ${error.message}`);
+  }
+}
+
+async function withDirectory(
+  fn: (d: Directory<number, Msg>, behavior: Counter, kv: Deno.Kv) => Promise<void>,
+  kvOverride?: (kv: Deno.Kv) => Deno.Kv,
+): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const behavior = new Counter(kv);
+    // At most 10 mutations an atomic, so a few messages of 3 writes each overflow it.
+    const batcher = new CommitBatcher(kvOverride ? kvOverride(kv) : kv, { maxMutations: 10 });
+    const directory = new Directory<number, Msg>({ behavior, batcher, now: () => Date.now() });
+    await fn(directory, behavior, kv);
+    await batcher.drain();
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test("activation: a batch too large for one atomic runs in halves, in order, each applied once", async () => {
+  await withDirectory(async (directory, behavior, kv) => {
+    // The first message starts a turn alone; the next five wait and form one batch of 5 × 4
+    // mutations (with the head), more than 10: it must be split until each part fits.
+    const replies = await Promise.all(
+      Array.from({ length: 6 }, () => directory.send("a", { writes: 3 })),
+    );
+    // 1 alone; then 5 (16 mutations) refused whole and run as 3 (10) and 2 (7), in order.
+    assertEquals(replies, [1, 4, 4, 4, 6, 6]);
+    assertEquals(behavior.turns, [1, 5, 3, 2]);
+    assertEquals(behavior.released, 3, "the refused turn released nothing");
+    assertEquals((await kv.get(["counter", "a"])).value, 6);
+    let extras = 0;
+    for await (const _ of kv.list({ prefix: ["extra", "a"] })) extras++;
+    assertEquals(extras, 18, "every message's writes landed once");
+  });
+});
+
+Deno.test("activation: one message too large for any atomic gets the behaviour's error; the actor goes on", async () => {
+  await withDirectory(async (directory, _behavior, kv) => {
+    const error = await assertRejects(() => directory.send("b", { writes: 20 }));
+    assert(error instanceof RangeError && error.message.startsWith("Too large:"), String(error));
+    assertEquals((await kv.get(["counter", "b"])).value, null, "nothing written");
+    assertEquals(await directory.send("b", { writes: 1 }), 1);
+  });
+});
+
+Deno.test("activation: a storage failure reaches every sender of the batch, and nothing is released", async () => {
+  let fail = true;
+  // A KV whose atomics throw (a disk error, say) until told otherwise.
+  const failing = (kv: Deno.Kv): Deno.Kv =>
+    new Proxy(kv, {
+      get(target, name) {
+        if (name !== "atomic") return Reflect.get(target, name, target);
+        return () => {
+          const atomic = target.atomic();
+          const commit = atomic.commit.bind(atomic);
+          atomic.commit = () => fail ? Promise.reject(new Error("disk I/O error")) : commit();
+          return atomic;
+        };
+      },
+    });
+  await withDirectory(async (directory, behavior, kv) => {
+    const sends = Array.from({ length: 3 }, () => directory.send("c", { writes: 0 }));
+    const outcomes = await Promise.allSettled(sends);
+    assert(
+      outcomes.every((o) => o.status === "rejected" && /disk I\/O error/.test(String(o.reason))),
+      JSON.stringify(outcomes.map((o) => o.status)),
+    );
+    assertEquals(behavior.released, 0);
+    assertEquals((await kv.get(["counter", "c"])).value, null);
+    fail = false;
+    // The activation reloads and carries on once storage works again.
+    assertEquals(await directory.send("c", { writes: 0 }), 1);
+  }, failing);
+});
