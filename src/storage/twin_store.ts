@@ -102,7 +102,8 @@ export function encodeTwin(
 
 /**
  * The record as stored: history packed, and fields at their defaults left out (`upgradeRecord`
- * puts them back), to keep the value — rewritten on every turn — small.
+ * puts them back), to keep the value — rewritten on every turn — small. Small matters: past
+ * about 1,000 bytes SQLite moves a value to overflow pages and KV writes of it get ~3× slower.
  */
 function storedForm(record: TwinRecord): Record<string, unknown> {
   // Built field by field rather than spread and `delete`d: deleting turns an object into a slow
@@ -119,6 +120,23 @@ function storedForm(record: TwinRecord): Record<string, unknown> {
 /** Whether a field holds the value `upgradeRecord` would put back, so it need not be stored. */
 function atDefault(name: string, value: unknown): boolean {
   switch (name) {
+    case "desired":
+    case "reported":
+      return isEmpty(value as object);
+    case "metadata": {
+      const { desired, reported } = value as TwinRecord["metadata"];
+      return isEmpty(desired) && isEmpty(reported);
+    }
+    case "commands": {
+      const { nextSeq, pending } = value as TwinRecord["commands"];
+      return nextSeq === 1 && pending.length === 0;
+    }
+    case "presence": {
+      const { sessions, httpUntil } = value as TwinRecord["presence"];
+      return httpUntil === null && isEmpty(sessions);
+    }
+    case "timerAt":
+      return value === null;
     case "desiredTombstones":
       return (value as unknown[]).length === 0;
     case "tombstoneHorizon":

@@ -136,8 +136,13 @@ export function publicTwin(record: TwinRecord): PublicTwin {
   };
 }
 
-/** Fills fields added after a record was written, so older records load as current ones. */
+/** Fills fields left out of a stored record (at their defaults, or added since it was written). */
 export function upgradeRecord(record: TwinRecord): TwinRecord {
+  record.desired ??= {};
+  record.reported ??= {};
+  record.metadata ??= { desired: {}, reported: {} };
+  record.commands ??= { nextSeq: 1, pending: [] };
+  record.timerAt ??= null;
   record.presence ??= { sessions: {}, httpUntil: null };
   record.history = unpackHistory(record.history as HistoryState | PackedHistory | undefined);
   record.memory ??= {};
