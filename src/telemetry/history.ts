@@ -241,23 +241,25 @@ export interface PackedHistory {
 
 /** Packs history for storage: buffers as `[t0, v0, dt1, v1, …]`, buckets as number arrays. */
 export function packHistory(history: HistoryState): PackedHistory {
+  // Runs on every commit of a twin with history: sized arrays and plain loops, no iterators.
   const p: PackedHistory["p"] = {};
-  for (const [metric, { buffer, open }] of Object.entries(history.metrics)) {
-    const flat: number[] = [];
+  for (const metric in history.metrics) {
+    const { buffer, open } = history.metrics[metric];
+    const flat = new Array<number>(buffer.length * 2);
     let previous = 0;
-    for (const [ts, value] of buffer) {
-      flat.push(ts - previous, value);
+    for (let i = 0; i < buffer.length; i++) {
+      const [ts, value] = buffer[i];
+      flat[2 * i] = ts - previous;
+      flat[2 * i + 1] = value;
       previous = ts;
     }
-    p[metric] = [
-      flat,
-      ...LEVELS.map((level) => {
-        const b = open[level];
-        return b ? [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start] : 0;
-      }),
-    ];
+    p[metric] = [flat, packBucket(open["1m"]), packBucket(open["1h"]), packBucket(open["1d"])];
   }
   return { p, s: history.chunkSeq };
+}
+
+function packBucket(b: Bucket | undefined): number[] | 0 {
+  return b ? [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start] : 0;
 }
 
 /** The history a stored record holds, packed or (as older records have it) not. */

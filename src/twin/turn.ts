@@ -248,6 +248,8 @@ type Draft = {
   state: TwinRecord;
   /** Whether `state` is this message's own copy, safe to assign to in place. */
   owned: boolean;
+  /** Whether `state.rules` was made since the last checkpoint, safe to assign to in place. */
+  ownedRules: boolean;
   /** Replaced, never changed in place, so a checkpoint can keep the old one. */
   commands: Map<number, CommandRecord>;
   /** Replaced, never changed in place. */
@@ -274,6 +276,7 @@ class Turn {
     this.#draft = {
       state: record,
       owned: false,
+      ownedRules: false,
       commands: NO_COMMANDS,
       alarms: NO_ALARMS,
       messageIds: [],
@@ -307,6 +310,15 @@ class Turn {
       draft.state = { ...draft.state, ...fields };
       draft.owned = true;
     }
+  }
+
+  /** Sets one field of the draft's record (as {@link #update}, without a fields object). */
+  #set<K extends keyof TwinRecord>(draft: Draft, name: K, value: TwinRecord[K]): void {
+    if (!draft.owned) {
+      draft.state = { ...draft.state };
+      draft.owned = true;
+    }
+    draft.state[name] = value;
   }
 
   finish(replies: Reply[], original: TwinRecord): TurnResult {
@@ -475,7 +487,11 @@ class Turn {
   #applyFiring(draft: Draft, rule: Rule, firing: Firing): void {
     const before = draft.state.rules[rule.name];
     if (before !== firing.state) {
-      this.#update(draft, { rules: { ...draft.state.rules, [rule.name]: firing.state } });
+      if (draft.ownedRules && draft.owned) draft.state.rules[rule.name] = firing.state;
+      else {
+        this.#set(draft, "rules", { ...draft.state.rules, [rule.name]: firing.state });
+        draft.ownedRules = true;
+      }
       draft.changed = true;
     }
     if (!firing.change) return;
@@ -644,7 +660,9 @@ class Turn {
       );
     }
     const batch = items.length > 1;
-    const parsed: Array<{ id?: string; ts: number; values: JsonObject }> = [];
+    // Items as the telemetry notice carries them, and their message ids beside them.
+    const parsed: Array<{ ts: number; values: JsonObject }> = [];
+    const ids: Array<string | undefined> = [];
     const issues: FieldIssue[] = [];
     for (let index = 0; index < items.length; index++) {
       const item = items[index];
@@ -654,7 +672,8 @@ class Turn {
         issues.push({ field: prefix || "(body)", message: "must be a JSON object" });
         continue;
       }
-      const { ts, id, ...values } = item;
+      const { ts, id } = item;
+      const values = "ts" in item || "id" in item ? withoutTsAndId(item) : item;
       if (
         id !== undefined && (typeof id !== "string" || id.length === 0 ||
           id.length > TWIN_LIMITS.maxMessageIdLength)
@@ -674,11 +693,8 @@ class Turn {
       if (issues.length === 0 && result.success) {
         const sane = time !== undefined && time !== null &&
           time <= now + TWIN_LIMITS.maxFutureSkewMs && time >= now - TWIN_LIMITS.maxPastSkewMs;
-        parsed.push({
-          id: id as string | undefined,
-          ts: sane ? time : now,
-          values: result.data as JsonObject,
-        });
+        parsed.push({ ts: sane ? time : now, values: result.data as JsonObject });
+        ids.push(id as string | undefined);
       }
     }
     if (issues.length > 0) {
@@ -689,25 +705,25 @@ class Turn {
     }
     let accepted = 0;
     let duplicates = 0;
-    for (const item of parsed) {
-      if (item.id !== undefined) {
-        if (this.#reads.seenMessageIds.has(item.id) || this.#seen?.has(item.id)) {
+    for (let i = 0; i < parsed.length; i++) {
+      const item = parsed[i];
+      const id = ids[i];
+      if (id !== undefined) {
+        if (this.#reads.seenMessageIds.has(id) || this.#seen?.has(id)) {
           duplicates++;
           continue;
         }
-        (this.#seen ??= new Set()).add(item.id);
-        draft.messageIds.push(item.id);
+        (this.#seen ??= new Set()).add(id);
+        draft.messageIds.push(id);
       }
       accepted++;
       const telemetry = draft.state.telemetry;
       const lastAt = telemetry.lastAt ? Date.parse(telemetry.lastAt) : -Infinity;
       // An item older than what is already shown goes to history only: `last` never goes back.
       if (item.ts >= lastAt) {
-        this.#update(draft, {
-          telemetry: {
-            last: { ...telemetry.last, ...item.values },
-            lastAt: item.ts === now ? this.#nowIso : new Date(item.ts).toISOString(),
-          },
+        this.#set(draft, "telemetry", {
+          last: { ...telemetry.last, ...item.values },
+          lastAt: item.ts === now ? this.#nowIso : new Date(item.ts).toISOString(),
         });
       }
       const numbers = numericFields(item.values);
@@ -717,7 +733,7 @@ class Turn {
         for (const [metric, value] of numbers) {
           history = this.#history.add(history, metric, item.ts, value);
         }
-        this.#update(draft, { history });
+        this.#set(draft, "history", history);
       }
       if (kind.rules.length > 0) {
         for (const rule of kind.rules) {
@@ -740,14 +756,12 @@ class Turn {
         );
       }
     }
-    this.#update(draft, {
-      connection: { ...draft.state.connection, lastSeenAt: this.#nowIso },
-    });
+    this.#set(draft, "connection", { ...draft.state.connection, lastSeenAt: this.#nowIso });
     if (accepted > 0) {
       draft.notices.push({
         type: "telemetry",
         deviceId: draft.state.id,
-        items: parsed.map(({ ts, values }) => ({ ts, values })),
+        items: parsed,
       });
     }
     draft.changed = true;
@@ -1209,6 +1223,7 @@ interface Checkpoint {
 /** Marks where a draft stands; from here on its record is copied before it is changed. */
 function checkpoint(draft: Draft): Checkpoint {
   draft.owned = false;
+  draft.ownedRules = false;
   return {
     state: draft.state,
     changed: draft.changed,
@@ -1227,6 +1242,7 @@ function checkpoint(draft: Draft): Checkpoint {
 function rollback(draft: Draft, saved: Checkpoint): void {
   draft.state = saved.state;
   draft.owned = false;
+  draft.ownedRules = false;
   draft.changed = saved.changed;
   draft.commands = saved.commands;
   draft.alarms = saved.alarms;
@@ -1240,6 +1256,12 @@ const NO_CHUNKS: ReadonlyMap<string, RollupChunk | null> = new Map();
 // A draft starts with these and replaces them on its first write (they are never changed in place).
 const NO_COMMANDS: Map<number, CommandRecord> = new Map();
 const NO_ALARMS: Map<string, AlarmWrite> = new Map();
+
+/** A telemetry item's own values: all but `ts` and `id`. */
+function withoutTsAndId(item: Record<string, unknown>): Record<string, unknown> {
+  const { ts: _ts, id: _id, ...values } = item;
+  return values;
+}
 
 /** The value of `metric` among a reading's numeric fields (a handful: a scan beats a Map). */
 function valueOf(numbers: Array<[string, number]>, metric: string): number | undefined {
