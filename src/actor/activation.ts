@@ -163,7 +163,7 @@ export class Activation<S, M> {
       if (!(error instanceof CommitTooLargeError)) throw error;
       if (batch.length === 1) {
         this.#inTurn = false;
-        this.#settle(batch, this.#ctx.behavior.tooLarge(error));
+        this.#fail(batch, this.#ctx.behavior.tooLarge(error));
         return;
       }
       const half = Math.ceil(batch.length / 2);
@@ -178,7 +178,7 @@ export class Activation<S, M> {
     } catch (failure) {
       this.#inTurn = false;
       this.#loaded = undefined;
-      this.#settle(batch, failure);
+      this.#fail(batch, failure);
     }
   }
 
@@ -199,7 +199,7 @@ export class Activation<S, M> {
       if (loaded === null) {
         this.#loaded = undefined;
         this.#inTurn = false;
-        this.#settle(batch, behavior.notFound(this.id));
+        this.#fail(batch, behavior.notFound(this.id));
         return;
       }
       const planned = behavior.plan(this.id, loaded, messages);
@@ -230,15 +230,20 @@ export class Activation<S, M> {
     );
   }
 
-  /** Answers each message with its reply, or all of them with `error`. */
-  #settle(batch: Envelope<M>[], replies: Reply[] | unknown): void {
+  /** Answers each message with its reply. */
+  #settle(batch: Envelope<M>[], replies: Reply[]): void {
     const onReply = this.#ctx.onReply;
     for (let i = 0; i < batch.length; i++) {
       const envelope = batch[i];
-      const reply: Reply = Array.isArray(replies) ? replies[i] : { ok: false, error: replies };
+      const reply = replies[i];
       onReply?.(envelope.message, reply);
       if (reply.ok) envelope.resolve(reply.value);
       else envelope.reject(reply.error);
     }
+  }
+
+  /** Answers every message with `error`. */
+  #fail(batch: Envelope<M>[], error: unknown): void {
+    this.#settle(batch, batch.map(() => ({ ok: false, error })));
   }
 }
