@@ -384,8 +384,8 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     current: Loaded<TwinRecord>,
     messages: TwinMessage[],
     reads: TurnReads,
+    now = this.#runtime.internals.clock.now(),
   ): Plan<TwinRecord> | Promise<Plan<TwinRecord>> {
-    const now = this.#runtime.internals.clock.now();
     if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
     const turn = runTurn(current.state, messages, reads, {
       kind: this.#runtime.kindOf(current.state.kind),
@@ -395,7 +395,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
       httpTimeoutMs: this.#httpTimeoutMs,
       history: this.#history,
     });
-    if (turn.missing) return this.#readThenPlan(id, current, messages, reads, turn.missing);
+    if (turn.missing) return this.#readThenPlan(id, current, messages, reads, turn.missing, now);
     return this.#encode(id, current, turn, now);
   }
 
@@ -406,11 +406,13 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     messages: TwinMessage[],
     reads: TurnReads,
     missing: Deno.KvKey[],
+    now: number,
   ): Promise<Plan<TwinRecord>> {
     const entries = await this.#runtime.internals.kv.getMany<RollupChunk[]>(missing);
     const chunks = new Map(reads.rollupChunks);
     entries.forEach((entry, i) => chunks.set(keyId(missing[i]), entry.value));
-    return this.#planWith(id, current, messages, { ...reads, rollupChunks: chunks });
+    // Run again at the same time, now with the chunk.
+    return this.#planWith(id, current, messages, { ...reads, rollupChunks: chunks }, now);
   }
 
   /** The plan for a turn that has run: its writes, and what to release after commit. */
