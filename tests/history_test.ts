@@ -5,7 +5,8 @@
  * device writes for simulated days.
  * @module
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { headParts } from "../src/storage/twin_store.ts";
 import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { defineTwin, z } from "../src/mod.ts";
@@ -500,4 +501,63 @@ Deno.test("history retention: storage stays bounded while a device writes for si
   } finally {
     await app.dispose();
   }
+});
+
+Deno.test("history: a kind that lists its history fields keeps history for those only", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T10:00:30.000Z"));
+  const kind = defineTwin({
+    kind: "meter",
+    telemetry: z.object({ power: z.number(), extra: z.number().optional() }),
+    desired: z.object({}),
+    reported: z.object({}),
+    history: ["power"],
+  });
+  const app = await testApp({ clock, kinds: new Map([["meter", kind]]) });
+  try {
+    await app.register({ id: "m4", kind: "meter" });
+    const t = Date.parse("2026-11-26T09:58:10.000Z");
+    await app.runtime.telemetry("m4", [
+      { ts: t, power: 1, extra: 10 },
+      { ts: t + 60_000, power: 2, extra: 20 },
+      { ts: t + 120_000, power: 3, extra: 30 },
+    ]);
+    const query = (metric: string) =>
+      getJson(
+        app,
+        `/api/v1/devices/m4/telemetry?${new URLSearchParams({
+          metric,
+          bucket: "1m",
+          from: String(t),
+          to: String(clock.now()),
+        })}`,
+      );
+    assertEquals((await query("power")).items.map((b: { count: number }) => b.count), [1, 1, 1]);
+    assertEquals((await query("extra")).items, [], "no history for a field not listed");
+    // Both fields are still the twin's last values.
+    const twin = await getJson(app, "/api/v1/twins/m4");
+    assertEquals(twin.telemetry.last, { power: 3, extra: 30 });
+    const stored = headParts(
+      (await app.kv.get<Parameters<typeof headParts>[0]>(["twins", "m4"])).value!,
+    );
+    assert(!stored.json.includes('"extra":['), `no history kept for extra: ${stored.json}`);
+  } finally {
+    await app.dispose();
+  }
+});
+
+Deno.test("history: a history field the telemetry schema lacks stops the kind, naming it", () => {
+  let refused: unknown;
+  try {
+    defineTwin({
+      kind: "meter",
+      telemetry: z.object({ power: z.number() }),
+      desired: z.object({}),
+      reported: z.object({}),
+      history: ["power", "voltage"],
+    });
+  } catch (error) {
+    refused = error;
+  }
+  assert(refused instanceof Error, "defineTwin refuses the kind");
+  assertMatch(refused.message, /history for "voltage", which its telemetry schema does not have/);
 });

@@ -78,8 +78,12 @@ export interface TwinDefinition<
   rules?: Rule[];
   /** How long history is kept, per level, as durations (`"7d"`); defaults otherwise. */
   retention?: Partial<Record<keyof Retention, string>>;
-  /** Keep telemetry history and rollups (default true). */
-  history?: boolean;
+  /**
+   * Which telemetry fields keep history and rollups: `true` (the default) every numeric field,
+   * `false` none, or a list of field names. Each field kept adds to the twin's stored head, which
+   * is rewritten on every message, so a kind with many numeric fields lists the ones it charts.
+   */
+  history?: boolean | readonly string[];
 }
 
 /** A loaded kind, as the runtime uses it. */
@@ -104,8 +108,10 @@ export interface TwinKind {
   readonly rules: readonly Rule[];
   /** History retention, in ms. */
   readonly retention: Retention;
-  /** Whether history and rollups are kept. */
+  /** Whether history and rollups are kept (for some fields at least). */
   readonly history: boolean;
+  /** The fields history is kept for; `null` when it is every numeric field. */
+  readonly historyFields: ReadonlySet<string> | null;
 }
 
 const KIND_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
@@ -147,6 +153,9 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
       throw new Error(`Kind "${definition.kind}" command "${name}" needs a zod payload schema.`);
     }
   }
+  const historyFields = Array.isArray(definition.history)
+    ? checkHistoryFields(definition.kind, definition.telemetry, definition.history)
+    : null;
   return Object.freeze({
     __doppelKind: true as const,
     kind: definition.kind,
@@ -158,8 +167,30 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
     handlers: (definition.handlers ?? {}) as TwinHandlers<unknown, unknown, unknown>,
     rules: Object.freeze([...(definition.rules ?? [])]),
     retention,
-    history: definition.history ?? true,
+    history: historyFields ? historyFields.size > 0 : definition.history !== false,
+    historyFields,
   });
+}
+
+/** The history field list as a set, or an error naming the field that is not telemetry. */
+function checkHistoryFields(
+  kind: string,
+  telemetry: z.ZodType,
+  fields: readonly string[],
+): ReadonlySet<string> {
+  // An object schema knows its fields; a record schema (any field) accepts every name.
+  const shape = (telemetry as { shape?: Record<string, unknown> }).shape;
+  for (const field of fields) {
+    if (typeof field !== "string" || field.length === 0) {
+      throw new Error(`Kind "${kind}" history lists ${JSON.stringify(field)}, not a field name.`);
+    }
+    if (shape && !(field in shape)) {
+      throw new Error(
+        `Kind "${kind}" keeps history for "${field}", which its telemetry schema does not have.`,
+      );
+    }
+  }
+  return new Set(fields);
 }
 
 /** Whether a module export is a kind made by {@link defineTwin}. */

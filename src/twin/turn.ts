@@ -728,12 +728,17 @@ class Turn {
       }
       const numbers = numericFields(item.values);
       if (kind.history && this.#env.history !== false && numbers.length > 0) {
-        let history = draft.state.history;
-        this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
+        const before = draft.state.history;
+        let history = before;
         for (const [metric, value] of numbers) {
+          if (kind.historyFields && !kind.historyFields.has(metric)) continue;
+          this.#history ??= new HistoryWriter(
+            draft.state.id,
+            this.#reads.rollupChunks ?? NO_CHUNKS,
+          );
           history = this.#history.add(history, metric, item.ts, value);
         }
-        this.#set(draft, "history", history);
+        if (history !== before) this.#set(draft, "history", history);
       }
       if (kind.rules.length > 0) {
         for (const rule of kind.rules) {
