@@ -76,7 +76,6 @@ export class TwinRuntime {
   #loops: ReturnType<typeof setInterval>[] = [];
   #timersRunning: Promise<number> | null = null;
   #stats = { batches: 0, batchedRequests: 0, commitMs: 0 };
-  #observe: TwinRuntimeOptions["observe"];
 
   /** Creates a runtime; call {@link start} to run its timer and idle-collection loops. */
   constructor(options: TwinRuntimeOptions) {
@@ -85,7 +84,7 @@ export class TwinRuntime {
     this.#bus = options.bus;
     this.#logger = options.logger;
     this.#kinds = options.kinds;
-    this.#observe = options.observe;
+    const observe = options.observe;
     this.#batcher = new CommitBatcher(options.kv, {
       ...options.batcher,
       onBatch: (requests, ms) => {
@@ -107,6 +106,14 @@ export class TwinRuntime {
       idleMs: options.idleMs,
       packAbove: options.packAbove,
       now: () => this.#clock.now(),
+      // Metrics hear each reply from the activation as its sender gets it: no second promise.
+      onReply: observe &&
+        ((message, reply) =>
+          observe(
+            message,
+            reply.ok ? "ok" : reply.error instanceof DoppelError ? reply.error.code : "error",
+            reply.ok ? reply.value : undefined,
+          )),
     });
   }
 
@@ -127,16 +134,7 @@ export class TwinRuntime {
 
   /** Sends a message to twin `id`; resolves with its reply once the turn has committed. */
   send(id: string, message: TwinMessage): Promise<unknown> {
-    const reply = this.#directory.send(id, message);
-    const observe = this.#observe;
-    if (!observe) return reply;
-    return reply.then((value) => {
-      observe(message, "ok", value);
-      return value;
-    }, (error) => {
-      observe(message, error instanceof DoppelError ? error.code : "error", undefined);
-      throw error;
-    });
+    return this.#directory.send(id, message);
   }
 
   /** Applies telemetry items (already parsed JSON) to a twin. */
