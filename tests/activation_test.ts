@@ -138,3 +138,37 @@ Deno.test("activation: a storage failure reaches every sender of the batch, and 
     assertEquals(await directory.send("c", { writes: 0 }), 1);
   }, failing);
 });
+
+Deno.test("activation: when storage fails for the first half of a split batch, the second half fails with it", async () => {
+  let commits = 0;
+  // The first atomic commits; every later one fails (a disk error, say).
+  const failingAfterOne = (kv: Deno.Kv): Deno.Kv =>
+    new Proxy(kv, {
+      get(target, name) {
+        if (name !== "atomic") return Reflect.get(target, name, target);
+        return () => {
+          const atomic = target.atomic();
+          const commit = atomic.commit.bind(atomic);
+          atomic.commit = () =>
+            ++commits > 1 ? Promise.reject(new Error("disk I/O error")) : commit();
+          return atomic;
+        };
+      },
+    });
+  await withDirectory(async (directory, behavior, kv) => {
+    // 1 alone commits; then 5 (too large) split into 3, which fails, and 2, which must not run.
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 6 }, () => directory.send("d", { writes: 3 })),
+    );
+    assertEquals(outcomes.map((o) => o.status), [
+      "fulfilled",
+      "rejected",
+      "rejected",
+      "rejected",
+      "rejected",
+      "rejected",
+    ]);
+    assertEquals(behavior.turns, [1, 5, 3], "the second half was never run");
+    assertEquals((await kv.get(["counter", "d"])).value, 1);
+  }, failingAfterOne);
+});

@@ -722,7 +722,7 @@ Deno.test("turn: a handler's command refused by the pending cap fails the handle
   assertMatch(JSON.stringify(result.writes.events[0].data), /100 commands waiting/);
 });
 
-Deno.test("turn: a handler may destructure its context; a call it keeps for later is refused", () => {
+Deno.test("turn: a handler may destructure its context; a call it keeps for later is ignored", () => {
   let kept: (() => void) | undefined;
   const keeper = defineTwin({
     kind: "keeper",
@@ -744,12 +744,75 @@ Deno.test("turn: a handler may destructure its context; a call it keeps for late
   assertEquals(result.state.commands.pending.map((c) => c.name), ["blink"]);
   assertEquals(result.writes.events.map((e) => e.type), ["seen"]);
   assertEquals(result.writes.events[0].data, { lux: 5, at: T0, memory: {} });
-  let refused: unknown;
-  try {
-    kept!();
-  } catch (error) {
-    refused = error;
-  }
-  assert(refused instanceof Error, "a late call throws");
-  assertMatch(refused.message, /after it had returned/);
+  // The turn is over: a late call neither throws (it would reach no one but the process) nor
+  // changes anything.
+  kept!();
+  assertEquals(result.writes.events.map((e) => e.type), ["seen"]);
+});
+
+Deno.test("turn: an async handler is refused as handler.failed; what it asked for is dropped, the reading kept", async () => {
+  let later: Promise<void> | undefined;
+  const eager = defineTwin({
+    kind: "eager",
+    telemetry: z.strictObject({ lux: z.number() }),
+    desired: z.strictObject({}),
+    reported: z.record(z.string(), z.json()),
+    handlers: {
+      onTelemetry(ctx) {
+        ctx.recordEvent("before.await");
+        later = (async () => {
+          await Promise.resolve();
+          ctx.recordEvent("after.await");
+        })();
+        return later;
+      },
+    },
+  });
+  const result = turn(fresh("eager"), [{ type: "telemetry", items: [{ lux: 7 }] }], {
+    kind: eager,
+  });
+  assertEquals(okValue(result), { accepted: 1, duplicates: 0 });
+  assertEquals(result.state.telemetry.last, { lux: 7 });
+  assertEquals(result.writes.events.map((e) => e.type), ["handler.failed"]);
+  assertMatch(JSON.stringify(result.writes.events[0].data), /must be synchronous/);
+  await later; // Its late call is ignored, without an unhandled error.
+  assertEquals(result.writes.events.map((e) => e.type), ["handler.failed"]);
+});
+
+Deno.test("turn: the telemetry notice carries the items applied, not the duplicates", () => {
+  const reads: TurnReads = { seenMessageIds: new Set(["m1"]), idempotent: new Map() };
+  const result = turn(fresh(), [{
+    type: "telemetry",
+    items: [{ id: "m0", lux: 1 }, { id: "m1", lux: 2 }, { id: "m2", lux: 3 }, { id: "m0", lux: 4 }],
+  }], { reads });
+  assertEquals(okValue(result), { accepted: 2, duplicates: 2 });
+  const notice = result.notices.find((n) => n.type === "telemetry");
+  assert(notice?.type === "telemetry");
+  assertEquals(notice.items.map((item) => item.values.lux), [1, 3]);
+});
+
+Deno.test("turn: a kind that stops keeping history for a field drops what its twins held for it", () => {
+  const schemas = {
+    kind: "meter",
+    telemetry: z.object({ power: z.number(), extra: z.number() }),
+    desired: z.object({}),
+    reported: z.object({}),
+  };
+  const both = defineTwin(schemas);
+  const powerOnly = defineTwin({ ...schemas, history: ["power"] });
+  const env = (kind: TwinKind) => ({ kind, now: T0, randomId: () => "00000000", history: true });
+  const reading = (power: number): TwinMessage[] => [{
+    type: "telemetry",
+    items: [{ power, extra: power * 10 }],
+  }];
+  const first = runTurn(fresh("meter"), reading(1), NO_READS, env(both));
+  assertEquals(Object.keys(first.state.history.metrics).sort(), ["extra", "power"]);
+  const second = runTurn(first.state, reading(2), NO_READS, env(powerOnly));
+  assertEquals(Object.keys(second.state.history.metrics), ["power"]);
+  assertEquals(second.state.history.metrics.power.buffer.length, 2);
+  assertEquals(
+    Object.keys(first.state.history.metrics).sort(),
+    ["extra", "power"],
+    "the state the turn started from is untouched",
+  );
 });

@@ -156,30 +156,39 @@ export class Activation<S, M> {
 
   /**
    * After a turn threw: one whose writes are too many for one atomic runs again in halves, in
-   * order; any other error (storage failed) goes to the batch's senders, with nothing released.
+   * order. Any other error (storage failed) goes to the senders of every message not yet
+   * answered, and nothing is released; it is returned so a caller splitting a batch stops too.
    */
-  async #failed(batch: Envelope<M>[], error: unknown): Promise<void> {
-    try {
-      if (!(error instanceof CommitTooLargeError)) throw error;
-      if (batch.length === 1) {
-        this.#inTurn = false;
-        this.#fail(batch, this.#ctx.behavior.tooLarge(error));
-        return;
-      }
-      const half = Math.ceil(batch.length / 2);
-      for (const part of [batch.slice(0, half), batch.slice(half)]) {
-        this.#inTurn = true;
-        try {
-          await this.#turn(part);
-        } catch (partError) {
-          await this.#failed(part, partError);
-        }
-      }
-    } catch (failure) {
+  async #failed(batch: Envelope<M>[], error: unknown): Promise<{ error: unknown } | undefined> {
+    if (!(error instanceof CommitTooLargeError)) {
       this.#inTurn = false;
       this.#loaded = undefined;
-      this.#fail(batch, failure);
+      this.#fail(batch, error);
+      return { error };
     }
+    if (batch.length === 1) {
+      this.#inTurn = false;
+      this.#fail(batch, this.#ctx.behavior.tooLarge(error));
+      return undefined;
+    }
+    const half = Math.ceil(batch.length / 2);
+    const parts = [batch.slice(0, half), batch.slice(half)];
+    for (let p = 0; p < parts.length; p++) {
+      this.#inTurn = true;
+      let stopped: { error: unknown } | undefined;
+      try {
+        await this.#turn(parts[p]);
+      } catch (partError) {
+        stopped = await this.#failed(parts[p], partError);
+      }
+      if (stopped) {
+        // As for a batch that failed whole: the messages after it fail with it, in order.
+        const rest = parts.slice(p + 1).flat();
+        if (rest.length > 0) this.#fail(rest, stopped.error);
+        return stopped;
+      }
+    }
+    return undefined;
   }
 
   async #turn(batch: Envelope<M>[]): Promise<void> {

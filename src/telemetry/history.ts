@@ -132,6 +132,26 @@ export class HistoryWriter {
     this.#stored = stored;
   }
 
+  /**
+   * Forgets which history state it made, so the next point copies again: the turn calls this at
+   * each message's checkpoint, which keeps the current state to go back to.
+   */
+  checkpoint(): void {
+    this.#owned = undefined;
+  }
+
+  /** `history` without the metrics `keep` leaves out (the kind stopped keeping them). */
+  keepOnly(history: HistoryState, keep: ReadonlySet<string>): HistoryState {
+    let out = history;
+    for (const metric in history.metrics) {
+      if (keep.has(metric)) continue;
+      if (out === history) out = { metrics: { ...history.metrics }, chunkSeq: history.chunkSeq };
+      delete out.metrics[metric];
+    }
+    if (out !== history) this.#owned = undefined;
+    return out;
+  }
+
   /** Adds one point of `metric` to `history`; returns the new history. */
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
     // The first point of a metric in this turn copies its state; later ones add in place (the

@@ -178,8 +178,13 @@ function checkHistoryFields(
   telemetry: z.ZodType,
   fields: readonly string[],
 ): ReadonlySet<string> {
-  // An object schema knows its fields; a record schema (any field) accepts every name.
-  const shape = (telemetry as { shape?: Record<string, unknown> }).shape;
+  // A strict or stripping object schema knows every field it lets through; a loose one, a record
+  // or a transformed schema may let through others, so any name is taken.
+  const def = (telemetry as { _zod?: { def?: { type?: string; catchall?: z.ZodType } } })._zod
+    ?.def;
+  const closed = def?.type === "object" &&
+    (def.catchall === undefined || def.catchall instanceof z.ZodNever);
+  const shape = closed ? (telemetry as { shape?: Record<string, unknown> }).shape : undefined;
   for (const field of fields) {
     if (typeof field !== "string" || field.length === 0) {
       throw new Error(`Kind "${kind}" history lists ${JSON.stringify(field)}, not a field name.`);

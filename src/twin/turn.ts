@@ -293,6 +293,7 @@ class Turn {
   apply(message: TwinMessage): Reply {
     const draft = this.#draft;
     const saved = checkpoint(draft);
+    this.#history?.checkpoint();
     try {
       const value = this.#dispatch(draft, message);
       return { ok: true, value };
@@ -705,18 +706,22 @@ class Turn {
     }
     let accepted = 0;
     let duplicates = 0;
+    // What the live views get: the items applied now, not the duplicates.
+    let applied = parsed;
     for (let i = 0; i < parsed.length; i++) {
       const item = parsed[i];
       const id = ids[i];
       if (id !== undefined) {
         if (this.#reads.seenMessageIds.has(id) || this.#seen?.has(id)) {
           duplicates++;
+          if (applied === parsed) applied = parsed.slice(0, i);
           continue;
         }
         (this.#seen ??= new Set()).add(id);
         draft.messageIds.push(id);
       }
       accepted++;
+      if (applied !== parsed) applied.push(item);
       const telemetry = draft.state.telemetry;
       const lastAt = telemetry.lastAt ? Date.parse(telemetry.lastAt) : -Infinity;
       // An item older than what is already shown goes to history only: `last` never goes back.
@@ -730,6 +735,13 @@ class Turn {
       if (kind.history && this.#env.history !== false && numbers.length > 0) {
         const before = draft.state.history;
         let history = before;
+        if (kind.historyFields) {
+          this.#history ??= new HistoryWriter(
+            draft.state.id,
+            this.#reads.rollupChunks ?? NO_CHUNKS,
+          );
+          history = this.#history.keepOnly(history, kind.historyFields);
+        }
         for (const [metric, value] of numbers) {
           if (kind.historyFields && !kind.historyFields.has(metric)) continue;
           this.#history ??= new HistoryWriter(
@@ -766,7 +778,7 @@ class Turn {
       draft.notices.push({
         type: "telemetry",
         deviceId: draft.state.id,
-        items: parsed,
+        items: applied,
       });
     }
     draft.changed = true;
@@ -1064,17 +1076,22 @@ class Turn {
    * Runs a kind handler. Its wishes are applied only if it returns normally; a handler that
    * throws leaves the message applied and records a `handler.failed` event instead.
    */
-  #runHandler(draft: Draft, name: string, call: (ctx: TwinContext) => void): void {
+  #runHandler(draft: Draft, name: string, call: (ctx: TwinContext) => unknown): void {
     const ctx = new HandlerContext(draft.state, this.#env.now);
     // The handler only records wishes; the draft changes when they are applied, so the
     // checkpoint to return to (when one fails) is taken only if there are any.
     let saved: Checkpoint | undefined;
     try {
-      call(ctx);
-      ctx.close();
-      if (ctx.wishes.length > 0) {
+      const returned = call(ctx);
+      const wishes = ctx.close();
+      if (isThenable(returned)) {
+        // What it asks for after an await would come after its turn committed: refuse it all.
+        returned.then(undefined, () => {}); // Its own failure is reported below, once.
+        throw new Error("handlers must be synchronous (this one returned a promise)");
+      }
+      if (wishes.length > 0) {
         saved = checkpoint(draft);
-        for (const wish of ctx.wishes) this.#grant(draft, wish);
+        for (const wish of wishes) this.#grant(draft, wish);
       }
     } catch (error) {
       ctx.close();
@@ -1140,8 +1157,7 @@ type Wish =
  */
 class HandlerContext implements TwinContext {
   readonly now: number;
-  /** What the handler asked for, in order. */
-  readonly wishes: Wish[] = [];
+  #wishes: Wish[] = [];
   #before: TwinRecord;
   #view: PublicTwin | undefined;
   #open = true;
@@ -1151,9 +1167,14 @@ class HandlerContext implements TwinContext {
     this.now = now;
   }
 
-  /** Ends the handler's call: later wishes (from a callback it left behind) are refused. */
-  close(): void {
+  /**
+   * Ends the handler's call and returns what it asked for, in order. Calls made later (from a
+   * callback the handler left behind) are ignored: its turn is over, and throwing there would
+   * reach no one but the process.
+   */
+  close(): readonly Wish[] {
     this.#open = false;
+    return this.#wishes;
   }
 
   get twin(): PublicTwin {
@@ -1199,13 +1220,7 @@ class HandlerContext implements TwinContext {
   }
 
   #wish(wish: Wish): void {
-    if (!this.#open) {
-      throw new Error(
-        `A twin handler asked for "${wish.type}" after it had returned; handlers run synchronously, ` +
-          "so ask for everything before returning.",
-      );
-    }
-    this.wishes.push(wish);
+    if (this.#open) this.#wishes.push(wish);
   }
 }
 
@@ -1261,6 +1276,11 @@ const NO_CHUNKS: ReadonlyMap<string, RollupChunk | null> = new Map();
 // A draft starts with these and replaces them on its first write (they are never changed in place).
 const NO_COMMANDS: Map<number, CommandRecord> = new Map();
 const NO_ALARMS: Map<string, AlarmWrite> = new Map();
+
+/** Whether a handler returned a promise (or anything awaitable). */
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as { then?: unknown } | null)?.then === "function";
+}
 
 /** A telemetry item's own values: all but `ts` and `id`. */
 function withoutTsAndId(item: Record<string, unknown>): Record<string, unknown> {
