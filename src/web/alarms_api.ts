@@ -5,10 +5,10 @@
  */
 import { Hono } from "hono";
 import { z } from "zod";
-import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { DoppelError, validationError } from "../errors.ts";
 import { type AlarmRecord, SEVERITIES, type Severity } from "../rules/alarms.ts";
 import { keys } from "../storage/keys.ts";
-import { intParam, parseWith, readJson } from "./http.ts";
+import { intParam, listPage, parseWith, readJson } from "./http.ts";
 import type { Services } from "./services.ts";
 
 const STATES = new Set(["active", "acknowledged", "cleared"]);
@@ -56,28 +56,19 @@ export function alarmsApi(s: Services): Hono {
       cursor: c.req.query("cursor") || undefined,
       batchSize: 100,
     });
-    const items: AlarmRecord[] = [];
-    let cursor: string | null = null;
-    try {
-      for await (const entry of iter) {
+    return c.json(
+      await listPage(iter, limit, async (entry) => {
         const alarm = device !== undefined ? entry.value as AlarmRecord : await readAlarm(
           s,
           entry.key[entry.key.length - 2] as string,
           entry.key.at(-1) as string,
         );
-        if (!alarm) continue;
-        if (state !== undefined && alarm.state !== state) continue;
-        if (severity !== undefined && alarm.severity !== severity) continue;
-        items.push(alarm);
-        if (items.length >= limit) {
-          cursor = iter.cursor;
-          break;
-        }
-      }
-    } catch (error) {
-      rethrowCursorError(error);
-    }
-    return c.json({ items, cursor });
+        if (!alarm) return undefined;
+        if (state !== undefined && alarm.state !== state) return undefined;
+        if (severity !== undefined && alarm.severity !== severity) return undefined;
+        return alarm;
+      }),
+    );
   });
 
   api.get("/alarms/:alarmId", async (c) => c.json(await requireAlarm(s, c.req.param("alarmId"))));

@@ -5,7 +5,7 @@
  */
 import type { Context } from "hono";
 import type { z } from "zod";
-import { DoppelError, validationError } from "../errors.ts";
+import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { zodIssues } from "../twin/turn.ts";
 
 /** Body size limits, in bytes. */
@@ -129,4 +129,28 @@ export function errorResponse(error: unknown): Response {
     }),
     { status: 500, headers: { "content-type": "application/json" } },
   );
+}
+
+/**
+ * One page of a KV listing: the entries `pick` keeps (it skips one by returning `undefined`), at
+ * most `limit`, and the cursor to resume after the last one (`null` when the listing ran out). A
+ * cursor that did not come from an earlier page is a 400 naming `cursor`.
+ */
+export async function listPage<V, T>(
+  iter: Deno.KvListIterator<V>,
+  limit: number,
+  pick: (entry: Deno.KvEntry<V>) => T | undefined | Promise<T | undefined>,
+): Promise<{ items: T[]; cursor: string | null }> {
+  const items: T[] = [];
+  try {
+    for await (const entry of iter) {
+      const item = await pick(entry);
+      if (item === undefined) continue;
+      items.push(item);
+      if (items.length >= limit) return { items, cursor: iter.cursor };
+    }
+  } catch (error) {
+    rethrowCursorError(error);
+  }
+  return { items, cursor: null };
 }

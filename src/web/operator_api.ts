@@ -4,30 +4,25 @@
  */
 import { Hono } from "hono";
 import { TERMINAL_STATUSES } from "../commands/model.ts";
-import { DoppelError, invalidCursor, rethrowCursorError, validationError } from "../errors.ts";
+import { DoppelError, invalidCursor, validationError } from "../errors.ts";
 import { queryHistory } from "../telemetry/query.ts";
 import { BUCKET_MS, type Level, LEVELS } from "../telemetry/rollup.ts";
 import type { TwinEvent } from "../twin/turn.ts";
 import { alarmsApi } from "./alarms_api.ts";
+import { CommandStatus, ConnectionStatus } from "./api_schemas.ts";
 import { keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import { publicTwin } from "../twin/state.ts";
 import { requireOperator } from "./auth.ts";
-import { BODY_LIMITS, intParam, parseWith, readJson } from "./http.ts";
+import { BODY_LIMITS, intParam, listPage, parseWith, readJson } from "./http.ts";
 import { CreateCommand, RegisterDevice, UpdateDevice } from "./schemas.ts";
 import type { Services } from "./services.ts";
 import type { CommandRecord } from "../commands/model.ts";
 import type { Connection } from "../twin/state.ts";
 
-const STATUSES = new Set(["online", "offline", "never"]);
-const COMMAND_STATUSES = new Set([
-  "queued",
-  "delivered",
-  "succeeded",
-  "failed",
-  "expired",
-  "timed_out",
-]);
+// The filters' allowed values, as the published schemas list them.
+const STATUSES: ReadonlySet<string> = new Set(ConnectionStatus.options);
+const COMMAND_STATUSES: ReadonlySet<string> = new Set(CommandStatus.options);
 
 /** Routes of the operator API. */
 export function operatorApi(s: Services): Hono {
@@ -162,20 +157,13 @@ export function operatorApi(s: Services): Hono {
       cursor: c.req.query("cursor") || undefined,
       batchSize: Math.min(limit, 500),
     });
-    const items: CommandRecord[] = [];
-    let cursor: string | null = null;
-    try {
-      for await (const entry of iter) {
-        if (status === undefined || entry.value.status === status) items.push(entry.value);
-        if (items.length >= limit) {
-          cursor = iter.cursor;
-          break;
-        }
-      }
-    } catch (error) {
-      rethrowCursorError(error);
-    }
-    return c.json({ items, cursor });
+    return c.json(
+      await listPage(
+        iter,
+        limit,
+        (entry) => status === undefined || entry.value.status === status ? entry.value : undefined,
+      ),
+    );
   });
 
   api.get("/devices/:id/commands/:commandId", async (c) => {
@@ -241,21 +229,11 @@ export function operatorApi(s: Services): Hono {
       reverse: true,
       cursor: c.req.query("cursor") || undefined,
     });
-    const items: TwinEvent[] = [];
-    let next: string | null = null;
-    try {
-      for await (const entry of iter) {
-        if (type && entry.value.type !== type && !entry.value.type.startsWith(`${type}.`)) continue;
-        items.push(entry.value);
-        if (items.length >= limit) {
-          next = iter.cursor;
-          break;
-        }
-      }
-    } catch (error) {
-      rethrowCursorError(error);
-    }
-    return c.json({ items, cursor: next });
+    const wanted = (event: TwinEvent) =>
+      !type || event.type === type || event.type.startsWith(`${type}.`);
+    return c.json(
+      await listPage(iter, limit, (entry) => wanted(entry.value) ? entry.value : undefined),
+    );
   });
 
   api.route("/", alarmsApi(s));
