@@ -17,7 +17,7 @@ import { DoppelError } from "../errors.ts";
 import type { EventBus } from "../events/bus.ts";
 import type { Logger } from "../log.ts";
 import { keys } from "../storage/keys.ts";
-import { encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts";
+import { chunkCount, encodeTwin, loadTwin, twinVersionstamp } from "../storage/twin_store.ts";
 import type { TwinKind } from "./kind.ts";
 import { type TwinRecord, upgradeRecord } from "./state.ts";
 import type { Transport } from "./presence.ts";
@@ -385,8 +385,9 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     now = this.#runtime.internals.clock.now(),
   ): Plan<TwinRecord> | Promise<Plan<TwinRecord>> {
     if (now !== this.#iso.ms) this.#iso = { ms: now, text: new Date(now).toISOString() };
+    const kind = this.#runtime.kindOf(current.state.kind);
     const turn = runTurn(current.state, messages, reads, {
-      kind: this.#runtime.kindOf(current.state.kind),
+      kind,
       now,
       nowIso: this.#iso.text,
       randomId: this.#randomId,
@@ -394,7 +395,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
       history: this.#history,
     });
     if (turn.missing) return this.#readThenPlan(id, current, messages, reads, turn.missing, now);
-    return this.#encode(id, current, turn, now);
+    return this.#encode(id, current, turn, kind, now);
   }
 
   /** The turn closed a rollup bucket (or took a late point) whose stored chunk it needs. */
@@ -418,15 +419,15 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     id: string,
     current: Loaded<TwinRecord>,
     turn: TurnResult,
+    kind: TwinKind,
     now: number,
   ): Plan<TwinRecord> {
     const { bus, logger } = this.#runtime.internals;
-    const kind = this.#runtime.kindOf(current.state.kind);
     if (!turn.changed) {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }
     const state = turn.state;
-    const previous = (current.meta as StoredMeta | undefined)?.chunks ?? chunksOf(current.state);
+    const previous = (current.meta as StoredMeta | undefined)?.chunks ?? chunkCount(current.state);
     const encoded = encodeTwin(state, previous);
     const head = encoded.mutations[0];
     const meta: StoredMeta = {
@@ -571,10 +572,6 @@ const NO_READS: TurnReads = Object.freeze({
   seenMessageIds: new Set<string>(),
   idempotent: new Map<string, CommandRecord>(),
 });
-
-function chunksOf(record: TwinRecord): number {
-  return Math.max(1, Math.ceil(JSON.stringify(record).length / 30_000));
-}
 
 function randomHex(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(4));

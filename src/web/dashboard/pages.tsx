@@ -327,16 +327,7 @@ export const DevicePage: FC<{
         <div class="card">
           <h2>Alarms</h2>
           <table class="list" id="device-alarms">
-            <thead>
-              <tr>
-                <th>Alarm</th>
-                <th>Severity</th>
-                <th>State</th>
-                <th>Count</th>
-                <th>Raised</th>
-                <th></th>
-              </tr>
-            </thead>
+            <AlarmHead />
             <tbody></tbody>
           </table>
         </div>
@@ -368,22 +359,27 @@ export const AlarmsPage: FC<{ ctx: PageContext; alarms: AlarmRecord[]; state?: s
   </Layout>
 );
 
+/** The columns of an alarm table (the device page's rows are filled in by the client script). */
+const AlarmHead: FC<{ withDevice?: boolean }> = ({ withDevice }) => (
+  <thead>
+    <tr>
+      {withDevice ? <th>Device</th> : null}
+      <th>Alarm</th>
+      <th>Severity</th>
+      <th>State</th>
+      <th>Count</th>
+      <th>Raised</th>
+      <th></th>
+    </tr>
+  </thead>
+);
+
 /** A table of alarms with acknowledge and clear buttons. */
 export const AlarmTable: FC<{ alarms: AlarmRecord[]; withDevice?: boolean }> = (
   { alarms, withDevice },
 ) => (
   <table class="list" id="alarms">
-    <thead>
-      <tr>
-        {withDevice ? <th>Device</th> : null}
-        <th>Alarm</th>
-        <th>Severity</th>
-        <th>State</th>
-        <th>Count</th>
-        <th>Raised</th>
-        <th></th>
-      </tr>
-    </thead>
+    <AlarmHead withDevice={withDevice} />
     <tbody>
       {alarms.map((alarm) => (
         <tr data-alarm={alarm.id}>
