@@ -5,6 +5,7 @@
  * device writes for simulated days.
  * @module
  */
+import { seededRandom } from "../src/simulator/physics.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { headParts } from "../src/storage/twin_store.ts";
 import { type TestApp, testApp } from "./helpers.ts";
@@ -17,18 +18,6 @@ const HOUR = 60 * MIN;
 const DAY = 24 * HOUR;
 const BUCKETS = { "1m": MIN, "1h": HOUR, "1d": DAY } as const;
 type Level = keyof typeof BUCKETS;
-
-/** A deterministic PRNG (mulberry32), so a failure can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function meterKind(retention?: Record<string, string>): Map<string, TwinKind> {
   const kind = defineTwin({
@@ -154,7 +143,7 @@ function sortPoints(points: Array<{ ts: number; value: number }>) {
 
 Deno.test("history: rollups and raw points equal a brute-force computation over random, late and out-of-order points", async () => {
   const seed = 20261126;
-  const random = prng(seed);
+  const random = seededRandom(seed);
   // Seven hours across midnight UTC, so the day level has two buckets.
   const t0 = Date.parse("2026-11-26T20:47:13.250Z");
   const span = 7 * HOUR;

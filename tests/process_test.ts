@@ -4,10 +4,9 @@
  * same KV file, and every message acknowledged with a 202 must have been applied exactly once.
  * @module
  */
-import { COUNTER_KIND } from "./real_process.ts";
+import { COUNTER_KIND, DoppelProcess } from "./real_process.ts";
 import { assert, assertEquals } from "./assert.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
 const TOKEN = "process-test-admin-token-0123456789";
 /** Messages in all (desired holds one `mN` key per message: keep it well under 32 KiB). */
 const TOTAL = 1200;
@@ -15,118 +14,6 @@ const TOTAL = 1200;
 const KILL_AFTER = 300;
 /** Concurrent senders. */
 const SENDERS = 8;
-/** How long a server may take to print its listening line. */
-const START_TIMEOUT_MS = 60_000;
-
-/** A server child process, its address and its log. */
-class Server {
-  readonly child: Deno.ChildProcess;
-  readonly base: string;
-  readonly log: string[];
-  readonly #drained: Promise<void>;
-
-  private constructor(
-    child: Deno.ChildProcess,
-    base: string,
-    log: string[],
-    drained: Promise<void>,
-  ) {
-    this.child = child;
-    this.base = base;
-    this.log = log;
-    this.#drained = drained;
-  }
-
-  /** Starts `src/main.ts` as the `start` task does and waits for its listening line. */
-  static async start(env: Record<string, string>): Promise<Server> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-net",
-        "--allow-env",
-        "--allow-read",
-        "--allow-write",
-        "--allow-sys",
-        "src/main.ts",
-      ],
-      cwd: ROOT,
-      env: { ...env, PORT: "0", DOPPEL_HOSTNAME: "127.0.0.1", DOPPEL_LOG_LEVEL: "info" },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const log: string[] = [];
-    let onPort: (port: number) => void = () => {};
-    const port = new Promise<number | null>((resolve) => onPort = resolve);
-    const drainStdout = (async () => {
-      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-        log.push(`[stdout] ${chunk}`);
-      }
-    })();
-    const drainStderr = (async () => {
-      let buffered = "";
-      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-        buffered += chunk;
-        let nl;
-        while ((nl = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, nl);
-          buffered = buffered.slice(nl + 1);
-          log.push(line);
-          const match = /Doppel listening on http:\/\/[^\s"]*:(\d+)/.exec(line);
-          if (match) onPort(Number(match[1]));
-        }
-      }
-      if (buffered) log.push(buffered);
-      onPort(Number.NaN); // Ended without listening.
-    })();
-    const drained = Promise.all([drainStdout, drainStderr]).then(() => {});
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<null>((resolve) => {
-      timer = setTimeout(() => resolve(null), START_TIMEOUT_MS);
-    });
-    const listening = await Promise.race([port, timeout]);
-    clearTimeout(timer);
-    if (listening === null || Number.isNaN(listening)) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already gone */ }
-      await child.status;
-      await drained;
-      throw new Error(
-        `The server did not start (${listening === null ? "timed out" : "exited"}):\n` +
-          log.join("\n"),
-      );
-    }
-    const server = new Server(child, `http://127.0.0.1:${listening}`, log, drained);
-    // The listening line means it serves; still check /healthz, a bounded number of times.
-    for (let attempt = 1;; attempt++) {
-      let problem: string;
-      try {
-        const res = await fetch(`${server.base}/healthz`);
-        const text = await res.text();
-        if (res.status === 200 && JSON.parse(text).status === "ok") break;
-        problem = `${res.status} ${text}`;
-      } catch (error) {
-        problem = String(error);
-      }
-      if (attempt >= 50) {
-        await server.kill();
-        throw new Error(`/healthz never answered ok: ${problem}`);
-      }
-    }
-    return server;
-  }
-
-  /** Kills the process at once (SIGKILL), reaps it and finishes reading its output. */
-  async kill(): Promise<Deno.CommandStatus> {
-    try {
-      this.child.kill("SIGKILL");
-    } catch { /* already exited */ }
-    const status = await this.child.status;
-    await this.#drained;
-    return status;
-  }
-}
 
 /** What one HTTP telemetry post came to. */
 type Outcome =
@@ -186,9 +73,10 @@ async function stream(
 
 Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied exactly once", async () => {
   const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
-  const servers: Server[] = [];
+  const servers: DoppelProcess[] = [];
   const start = async () => {
-    const server = await Server.start({
+    const server = await DoppelProcess.start({
+      MQTT_PORT: "0",
       DOPPEL_KV: `${dir}/data/doppel.kv`,
       DOPPEL_TWINS: `${dir}/kinds`,
       DOPPEL_ADMIN_TOKEN: TOKEN,
@@ -221,7 +109,7 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
       if (outcome.kind === "accepted") {
         assertEquals(outcome.body, { accepted: 1, duplicates: 0 }, `m${seq} on first run`);
         acked.add(seq);
-        if (acked.size >= KILL_AFTER && run.killed === null) run.killed = first.kill();
+        if (acked.size >= KILL_AFTER && run.killed === null) run.killed = first.stop();
       } else if (outcome.kind === "status" && run.killed === null) {
         refused.push(`m${seq}: ${outcome.status} ${outcome.text}`);
       }
@@ -264,7 +152,7 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
     assertEquals(resent.n, TOTAL, "and each exactly once");
 
     // Kill again without warning: what the second run acknowledged is durable too.
-    const second = await server.kill();
+    const second = await server.stop();
     assertEquals(second.signal, "SIGKILL");
     server = await start();
     const final = applied(await readDesired(server.base, "c1"));
@@ -275,7 +163,7 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
       body: { accepted: 0, duplicates: 1 },
     });
   } finally {
-    for (const server of servers) await server.kill();
+    for (const server of servers) await server.stop();
     await Deno.remove(dir, { recursive: true });
   }
 });

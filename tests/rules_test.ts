@@ -5,6 +5,7 @@
  * 404 and 409) and alarm changes as twin events.
  * @module
  */
+import { seededRandom } from "../src/simulator/physics.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
@@ -325,18 +326,6 @@ Deno.test("no data: fires after a restart on the same KV file (durable timer)", 
   }
 });
 
-/** A deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 Deno.test("anomaly: steady noisy data raises nothing, a spike raises, a return to normal clears", async () => {
   const clock = new ManualClock();
   const app = await testApp({
@@ -352,7 +341,7 @@ Deno.test("anomaly: steady noisy data raises nothing, a spike raises, a return t
   });
   try {
     await app.register({ id: "a1", kind: "sensor" });
-    const random = prng(7);
+    const random = seededRandom(7);
     // During warm-up even wild values are not judged.
     await reading(app, clock, "a1", { noise: 20 }, 10 * SEC);
     await reading(app, clock, "a1", { noise: 90 }, 10 * SEC);
