@@ -24,6 +24,41 @@ export const BENCH_SECRET = "bench-secret-0123456789abcdef";
 /** The operator token of every app and server the benchmark starts. */
 export const BENCH_ADMIN_TOKEN = "bench-admin-token-0123456789";
 
+/** `deno run` arguments starting the server as `deno task start` does (`flags` go first). */
+export function serverArgs(flags: string[] = []): string[] {
+  return [
+    "run",
+    "--allow-net",
+    "--allow-env",
+    "--allow-read",
+    "--allow-write",
+    "--allow-sys",
+    ...flags,
+    "src/main.ts",
+  ];
+}
+
+/**
+ * A bench server's environment: HTTP on `port` of loopback, its own KV file, the bench's secret,
+ * token and kinds, warnings only in the log; `env` adds or overrides.
+ */
+export function serverEnv(
+  port: number,
+  kvPath: string,
+  env: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    PORT: String(port),
+    DOPPEL_HOSTNAME: "127.0.0.1",
+    DOPPEL_KV: kvPath,
+    DOPPEL_ADMIN_TOKEN: BENCH_ADMIN_TOKEN,
+    DOPPEL_SECRET: BENCH_SECRET,
+    DOPPEL_TWINS: TWINS_DIR,
+    DOPPEL_LOG_LEVEL: "warn",
+    ...env,
+  };
+}
+
 /** Loads the project's twin kinds. */
 export function benchKinds(): Promise<Map<string, TwinKind>> {
   return loadKinds(TWINS_DIR);

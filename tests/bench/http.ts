@@ -4,19 +4,19 @@
  * Lua script that rotates over the devices' Basic credentials and counts non-2xx answers.
  * @module
  */
-import { registerDevices } from "./common.ts";
 import {
-  BENCH_SECRET,
   childrenCpuSeconds,
   cpuShare,
   fmt,
   machineCpu,
+  registerDevices,
   removeDir,
   ROOT,
+  serverArgs,
+  serverEnv,
   sleep,
   tempDir,
   threadCpu,
-  TWINS_DIR,
 } from "./common.ts";
 
 /** What the HTTP run measured, or why it was skipped. */
@@ -61,8 +61,6 @@ export interface HttpOptions {
   log?(line: string): void;
 }
 
-const ADMIN_TOKEN = "bench-admin-token-0123456789";
-
 /** Runs the HTTP benchmark; see the module doc. */
 export async function httpThroughput(options: HttpOptions = {}): Promise<HttpResult> {
   const count = options.devices ?? 1_000;
@@ -74,26 +72,10 @@ export async function httpThroughput(options: HttpOptions = {}): Promise<HttpRes
   const port = freePort();
   const base = `http://127.0.0.1:${port}`;
   const server = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      "--allow-sys",
-      "src/main.ts",
-    ],
+    args: serverArgs(),
     cwd: ROOT,
-    env: {
-      PORT: String(port),
-      DOPPEL_HOSTNAME: "127.0.0.1",
-      DOPPEL_KV: `${dir}/http.kv`,
-      DOPPEL_ADMIN_TOKEN: ADMIN_TOKEN,
-      DOPPEL_SECRET: BENCH_SECRET,
-      DOPPEL_TWINS: TWINS_DIR,
-      DOPPEL_LOG_LEVEL: "warn",
-      MQTT_PORT: "0", // No MQTT listener (where supported): avoids clashing on port 1883.
-    },
+    // No MQTT listener: avoids clashing on port 1883.
+    env: serverEnv(port, `${dir}/http.kv`, { MQTT_PORT: "0" }),
     stdin: "null",
     stdout: "null",
     stderr: "piped",

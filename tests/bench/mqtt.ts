@@ -14,18 +14,19 @@
  *    200 response carrying `status: "succeeded"`.
  * @module
  */
-import { registerDevices } from "./common.ts";
 import {
-  BENCH_SECRET,
+  BENCH_ADMIN_TOKEN,
   cpuShare,
   fmt,
   machineCpu,
+  registerDevices,
   removeDir,
   ROOT,
+  serverArgs,
+  serverEnv,
   sleep,
   tempDir,
   threadCpu,
-  TWINS_DIR,
 } from "./common.ts";
 import type { LoadConfig, ResponderResult, TelemetryResult } from "./mqtt_load.ts";
 
@@ -121,7 +122,6 @@ export interface MqttOptions {
   log?(line: string): void;
 }
 
-const ADMIN_TOKEN = "bench-admin-token-0123456789";
 const CHILD = new URL("./mqtt_load.ts", import.meta.url).pathname;
 
 /** Runs the MQTT part; see the module doc. */
@@ -141,25 +141,11 @@ export async function mqttBench(options: MqttOptions = {}): Promise<MqttResult> 
     const httpPort = freePort();
     const mqttPort = freePort();
     const base = `http://127.0.0.1:${httpPort}`;
-    const server = spawn([
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-read",
-      "--allow-write",
-      "--allow-sys",
-      ...options.serverFlags ?? [],
-      "src/main.ts",
-    ], {
-      PORT: String(httpPort),
-      MQTT_PORT: String(mqttPort),
-      DOPPEL_HOSTNAME: "127.0.0.1",
-      DOPPEL_KV: `${dir}/mqtt.kv`,
-      DOPPEL_ADMIN_TOKEN: ADMIN_TOKEN,
-      DOPPEL_SECRET: BENCH_SECRET,
-      DOPPEL_TWINS: TWINS_DIR,
-      DOPPEL_LOG_LEVEL: "warn",
-    }, "server");
+    const server = spawn(
+      serverArgs(options.serverFlags),
+      serverEnv(httpPort, `${dir}/mqtt.kv`, { MQTT_PORT: String(mqttPort) }),
+      "server",
+    );
     processes.push(server);
     await waitHealthy(base, server);
 
@@ -316,7 +302,10 @@ async function commandRun(
   const failures: Record<string, number> = {};
   let notSucceeded = 0;
   const inFlight = new Set<Promise<void>>();
-  const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" };
+  const headers = {
+    authorization: `Bearer ${BENCH_ADMIN_TOKEN}`,
+    "content-type": "application/json",
+  };
   const body = JSON.stringify({ name: "reboot" });
   const send = async (i: number, measured: boolean): Promise<void> => {
     const id = config.devices[i % config.devices.length].id;
