@@ -4,6 +4,9 @@
  * the runtime writes, and small timing and formatting helpers.
  * @module
  */
+import { type AppDeps, createApp, type Doppel } from "../../src/app.ts";
+import { systemClock } from "../../src/clock.ts";
+import { silentLogger } from "../../src/log.ts";
 import type { DeviceRecord } from "../../src/registry/devices.ts";
 import { KeyVault, randomSecret } from "../../src/registry/secrets.ts";
 import { keys } from "../../src/storage/keys.ts";
@@ -62,6 +65,19 @@ export function serverEnv(
 /** Loads the project's twin kinds. */
 export function benchKinds(): Promise<Map<string, TwinKind>> {
   return loadKinds(TWINS_DIR);
+}
+
+/** An app on `kv` as the benchmark runs it in process: the project's kinds, silent logs. */
+export async function benchApp(kv: Deno.Kv, runtime?: AppDeps["runtime"]): Promise<Doppel> {
+  return await createApp({
+    kv,
+    clock: systemClock,
+    kinds: await benchKinds(),
+    secret: BENCH_SECRET,
+    adminToken: BENCH_ADMIN_TOKEN,
+    logger: silentLogger,
+    ...(runtime ? { runtime } : {}),
+  });
 }
 
 /** Device ids `prefix-000000` .. for `count` devices. */

@@ -3,13 +3,10 @@
  * off, and a 30-day query of one-minute buckets for one metric.
  * @module
  */
-import { createApp } from "../../src/app.ts";
-import { systemClock } from "../../src/clock.ts";
-import { silentLogger } from "../../src/log.ts";
 import { seedMinuteRollups } from "./history_seed.ts";
 import {
-  BENCH_SECRET,
-  benchKinds,
+  BENCH_ADMIN_TOKEN,
+  benchApp,
   deviceIds,
   fmt,
   removeDir,
@@ -59,14 +56,7 @@ export interface QueryTiming {
 export async function thirtyDayQuery(log: (line: string) => void): Promise<QueryTiming> {
   const dir = await tempDir("history");
   const kv = await Deno.openKv(`${dir}/history.kv`);
-  const doppel = await createApp({
-    kv,
-    clock: systemClock,
-    kinds: await benchKinds(),
-    secret: BENCH_SECRET,
-    adminToken: "bench-admin-token-0123456789",
-    logger: silentLogger,
-  });
+  const doppel = await benchApp(kv);
   try {
     const [id] = deviceIds("hist", 1);
     const to = Date.now();
@@ -76,7 +66,7 @@ export async function thirtyDayQuery(log: (line: string) => void): Promise<Query
     log(`  seeded ${fmt(written)} one-minute buckets (30 days) for one metric`);
     const url =
       `/api/v1/devices/${id}/telemetry?metric=temperature&bucket=1m&from=${from}&to=${to}&limit=100000`;
-    const headers = { authorization: "Bearer bench-admin-token-0123456789" };
+    const headers = { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` };
     const time = async (
       format: string,
     ): Promise<{ median: number; max: number; buckets: number }> => {

@@ -8,10 +8,7 @@
  * Args: `<seed|activate|both> <kv path> <count> <concurrency>`.
  * @module
  */
-import { createApp } from "../../src/app.ts";
-import { systemClock } from "../../src/clock.ts";
-import { silentLogger } from "../../src/log.ts";
-import { BENCH_SECRET, benchKinds, deviceIds, mb, seedDevices, sleep } from "./common.ts";
+import { benchApp, deviceIds, mb, seedDevices, sleep } from "./common.ts";
 
 /** Memory figures at one moment, MiB. */
 export interface MemorySample {
@@ -113,15 +110,7 @@ async function main(): Promise<void> {
   const count = Number(countArg ?? 100_000);
   const concurrency = Number(concurrencyArg ?? 1_000);
   const kv = await Deno.openKv(path);
-  const doppel = await createApp({
-    kv,
-    clock: systemClock,
-    kinds: await benchKinds(),
-    secret: BENCH_SECRET,
-    adminToken: "bench-admin-token-0123456789",
-    logger: silentLogger,
-    runtime: { maxActivations: count + 10_000 },
-  });
+  const doppel = await benchApp(kv, { maxActivations: count + 10_000 });
   try {
     const { runtime } = doppel;
     await collectGarbage(true);

@@ -4,12 +4,9 @@
  * its durable commit. Reports durable messages per second and the commit batches behind them.
  * @module
  */
-import { createApp, type Doppel } from "../../src/app.ts";
-import { systemClock } from "../../src/clock.ts";
-import { silentLogger } from "../../src/log.ts";
+import type { Doppel } from "../../src/app.ts";
 import {
-  BENCH_SECRET,
-  benchKinds,
+  benchApp,
   cpuShare,
   deviceIds,
   fmt,
@@ -84,17 +81,9 @@ export async function runtimeThroughput(options: RuntimeOptions = {}): Promise<R
   const log = options.log ?? (() => {});
   const dir = await tempDir("runtime");
   const kv = await Deno.openKv(`${dir}/runtime.kv`);
-  const doppel = await createApp({
-    kv,
-    clock: systemClock,
-    kinds: await benchKinds(),
-    secret: BENCH_SECRET,
-    adminToken: "bench-admin-token-0123456789",
-    logger: silentLogger,
-    runtime: {
-      history: options.history ?? true,
-      ...(options.maxInFlight ? { batcher: { maxInFlight: options.maxInFlight } } : {}),
-    },
+  const doppel = await benchApp(kv, {
+    history: options.history ?? true,
+    ...(options.maxInFlight ? { batcher: { maxInFlight: options.maxInFlight } } : {}),
   });
   try {
     const ids = deviceIds("rt", count);

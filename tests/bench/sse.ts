@@ -5,7 +5,7 @@
  * @module
  */
 import type { Doppel } from "../../src/app.ts";
-import { fmt } from "./common.ts";
+import { BENCH_ADMIN_TOKEN, fmt } from "./common.ts";
 import { inChild } from "./child.ts";
 
 /** Throughput with and without stream clients, from one run. */
@@ -21,8 +21,6 @@ export interface SseResult {
   /** with / without. */
   ratio: number;
 }
-
-const TOKEN = "bench-admin-token-0123456789";
 
 /** Runs the runtime benchmark twice, each in a fresh process: without stream clients, then with. */
 export async function sseThroughput(log: (line: string) => void, clients = 50): Promise<SseResult> {
@@ -70,7 +68,7 @@ export async function sseClients(
   const readers = await Promise.all(Array.from({ length: count }, async (_, i) => {
     const query = i % 2 === 0 ? "" : `?device=${encodeURIComponent(ids[i % ids.length])}`;
     const res = await fetch(`${base}/api/v1/stream${query}`, {
-      headers: { authorization: `Bearer ${TOKEN}` },
+      headers: { authorization: `Bearer ${BENCH_ADMIN_TOKEN}` },
       signal: stop.signal,
     });
     if (!res.ok || !res.body) throw new Error(`stream answered ${res.status}`);
