@@ -39,6 +39,30 @@ export interface TestApp extends Doppel {
   dispose(): Promise<void>;
 }
 
+/** Operator (bearer token) and device (HTTP Basic) requests with JSON bodies, through `app`. */
+export function requesters(app: Doppel["app"]): Pick<TestApp, "op" | "dev"> {
+  const request = async (
+    method: string,
+    path: string,
+    body: unknown,
+    headers: HeadersInit,
+  ): Promise<Response> =>
+    await app.request(path, {
+      method,
+      headers: { "content-type": "application/json", ...headers },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+  return {
+    op: (method, path, body, headers = {}) =>
+      request(method, path, body, { authorization: `Bearer ${ADMIN_TOKEN}`, ...headers }),
+    dev: (creds, method, path, body, headers = {}) =>
+      request(method, path, body, {
+        authorization: `Basic ${btoa(`${creds.id}:${creds.key}`)}`,
+        ...headers,
+      }),
+  };
+}
+
 /** Builds an app on `:memory:` (or the given KV) for one test. */
 export async function testApp(
   options: {
@@ -58,24 +82,7 @@ export async function testApp(
     logger: silentLogger,
     runtime: options.runtime,
   });
-  const request = async (
-    method: string,
-    path: string,
-    body: unknown,
-    headers: HeadersInit,
-  ): Promise<Response> =>
-    await doppel.app.request(path, {
-      method,
-      headers: { "content-type": "application/json", ...headers },
-      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
-    });
-  const op: TestApp["op"] = (method, path, body, headers = {}) =>
-    request(method, path, body, { authorization: `Bearer ${ADMIN_TOKEN}`, ...headers });
-  const dev: TestApp["dev"] = (creds, method, path, body, headers = {}) =>
-    request(method, path, body, {
-      authorization: `Basic ${btoa(`${creds.id}:${creds.key}`)}`,
-      ...headers,
-    });
+  const { op, dev } = requesters(doppel.app);
   return {
     ...doppel,
     kv,

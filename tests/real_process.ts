@@ -428,18 +428,21 @@ export async function connectDevice(
 }
 
 /** Tries to connect; returns the CONNACK return code (0 accepted, 4 bad credentials, 5 refused). */
-export async function connectCode(
+export function connectCode(
   url: string,
   creds: Creds,
   clientId: string = creds.id,
 ): Promise<number> {
+  return connackCode(url, { clientId, username: creds.id, password: creds.key });
+}
+
+/** Connects once with `options` (MQTT 3.1.1, no reconnect); the CONNACK return code. */
+export async function connackCode(url: string, options: IClientOptions): Promise<number> {
   const client = mqtt.connect(url, {
-    clientId,
-    username: creds.id,
-    password: creds.key,
     reconnectPeriod: 0,
     connectTimeout: 5_000,
     protocolVersion: 4,
+    ...options,
   });
   try {
     return await new Promise<number>((resolve, reject) => {

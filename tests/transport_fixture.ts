@@ -9,7 +9,8 @@ import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { createApp, type Doppel } from "../src/app.ts";
 import { type Clock, systemClock } from "../src/clock.ts";
 import { silentLogger } from "../src/log.ts";
-import { ADMIN_TOKEN, KINDS } from "./helpers.ts";
+import { ADMIN_TOKEN, KINDS, requesters } from "./helpers.ts";
+import { connackCode } from "./real_process.ts";
 
 /** A device's credentials. */
 export type Creds = { id: string; key: string };
@@ -233,21 +234,7 @@ export async function transportFixture(
   const mqttClients = new Set<MqttDevice>();
   const wsClients = new Set<WsDevice>();
 
-  const request = async (
-    method: string,
-    path: string,
-    body: unknown,
-    headers: HeadersInit,
-  ): Promise<Response> =>
-    await doppel.app.request(path, {
-      method,
-      headers: { "content-type": "application/json", ...headers },
-      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
-    });
-  const op: TransportFixture["op"] = (method, path, body, headers = {}) =>
-    request(method, path, body, { authorization: `Bearer ${ADMIN_TOKEN}`, ...headers });
-  const dev: TransportFixture["dev"] = (creds, method, path, body) =>
-    request(method, path, body, { authorization: `Basic ${btoa(`${creds.id}:${creds.key}`)}` });
+  const { op, dev } = requesters(doppel.app);
 
   const expectJson = async (res: Response, status: number) => {
     const body = await res.json();
@@ -320,25 +307,8 @@ export async function transportFixture(
       });
       return device;
     },
-    async mqttReturnCode(clientOptions) {
-      const client = mqtt.connect(`mqtt://127.0.0.1:${mqttPort}`, {
-        reconnectPeriod: 0,
-        connectTimeout: 5_000,
-        protocolVersion: 4,
-        ...clientOptions,
-      });
-      try {
-        return await new Promise<number>((resolve, reject) => {
-          client.once("connect", (connack) => resolve(connack.returnCode ?? 0));
-          client.once("error", (error) => {
-            const code = (error as Error & { code?: number }).code;
-            if (typeof code === "number") resolve(code);
-            else reject(error);
-          });
-        });
-      } finally {
-        await client.endAsync(true);
-      }
+    mqttReturnCode(clientOptions) {
+      return connackCode(`mqtt://127.0.0.1:${mqttPort}`, clientOptions);
     },
     async ws(creds) {
       const socket = new WebSocket(`ws://127.0.0.1:${httpPort}/device/v1/ws`, {
