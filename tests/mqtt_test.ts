@@ -7,52 +7,15 @@
 import { connect as netConnect, type Socket } from "node:net";
 import { Buffer } from "node:buffer";
 import { assert, assertEquals } from "./assert.ts";
-import { type Creds, transportFixture, until } from "./transport_fixture.ts";
+import { type Creds, until, waitConnection, waitStatus, withFixture } from "./transport_fixture.ts";
 import type { TransportFixture } from "./transport_fixture.ts";
 import { ManualClock } from "../src/clock.ts";
 import { loadTwin } from "../src/storage/twin_store.ts";
-import type { Clock } from "../src/clock.ts";
-
-/** Runs `fn` with a fresh fixture and always closes it. */
-async function withFixture(
-  fn: (f: TransportFixture) => Promise<void>,
-  options: { clock?: Clock } = {},
-): Promise<void> {
-  const f = await transportFixture(options);
-  try {
-    await fn(f);
-  } finally {
-    await f.close();
-  }
-}
 
 const json = (value: unknown) => JSON.stringify(value);
 
 async function status(f: TransportFixture, deviceId: string, commandId: string): Promise<string> {
   return (await f.command(deviceId, commandId)).status as string;
-}
-
-async function waitStatus(
-  f: TransportFixture,
-  deviceId: string,
-  commandId: string,
-  expected: string,
-): Promise<void> {
-  await until(
-    async () => (await status(f, deviceId, commandId)) === expected,
-    `command ${commandId} to be ${expected}`,
-  );
-}
-
-async function waitConnection(
-  f: TransportFixture,
-  deviceId: string,
-  expected: string,
-): Promise<Record<string, unknown>> {
-  return await until(async () => {
-    const connection = (await f.twin(deviceId)).connection;
-    return connection.status === expected ? connection : null;
-  }, `${deviceId} to be ${expected}`);
 }
 
 /** The desired version the twin has recorded as acknowledged by the device. */

@@ -353,3 +353,41 @@ export async function transportFixture(
   };
   return fixture;
 }
+
+/** Runs `fn` with a fresh fixture (see {@link transportFixture}) and always closes it. */
+export async function withFixture(
+  fn: (f: TransportFixture) => Promise<void>,
+  options: { clock?: Clock; http?: boolean } = {},
+): Promise<void> {
+  const f = await transportFixture(options);
+  try {
+    await fn(f);
+  } finally {
+    await f.close();
+  }
+}
+
+/** Waits until the twin's connection status is `expected`; returns the connection. */
+export async function waitConnection(
+  f: TransportFixture,
+  deviceId: string,
+  expected: string,
+): Promise<Record<string, unknown>> {
+  return await until(async () => {
+    const connection = (await f.twin(deviceId)).connection;
+    return connection.status === expected ? connection : null;
+  }, `${deviceId} to be ${expected}`);
+}
+
+/** Waits until a command's status is `expected`. */
+export async function waitStatus(
+  f: TransportFixture,
+  deviceId: string,
+  commandId: string,
+  expected: string,
+): Promise<void> {
+  await until(
+    async () => (await f.command(deviceId, commandId)).status === expected,
+    `command ${commandId} to be ${expected}`,
+  );
+}

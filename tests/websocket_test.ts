@@ -6,35 +6,19 @@
  * @module
  */
 import { assert, assertEquals } from "./assert.ts";
-import { type TransportFixture, transportFixture, until } from "./transport_fixture.ts";
+import {
+  type TransportFixture,
+  until,
+  waitConnection,
+  waitStatus,
+  withFixture as withBaseFixture,
+} from "./transport_fixture.ts";
+
+/** The WebSocket channel needs the HTTP listener. */
+function withFixture(fn: (f: TransportFixture) => Promise<void>): Promise<void> {
+  return withBaseFixture(fn, { http: true });
+}
 import { loadTwin } from "../src/storage/twin_store.ts";
-
-async function withFixture(fn: (f: TransportFixture) => Promise<void>): Promise<void> {
-  const f = await transportFixture({ http: true });
-  try {
-    await fn(f);
-  } finally {
-    await f.close();
-  }
-}
-
-async function waitConnection(
-  f: TransportFixture,
-  deviceId: string,
-  expected: string,
-): Promise<Record<string, unknown>> {
-  return await until(async () => {
-    const connection = (await f.twin(deviceId)).connection;
-    return connection.status === expected ? connection : null;
-  }, `${deviceId} to be ${expected}`);
-}
-
-async function waitStatus(f: TransportFixture, deviceId: string, id: string, expected: string) {
-  await until(
-    async () => (await f.command(deviceId, id)).status === expected,
-    `command ${id} to be ${expected}`,
-  );
-}
 
 Deno.test("ws: hello is the first frame; presence online on connect, offline on close", async () => {
   await withFixture(async (f) => {
