@@ -9,6 +9,7 @@ import { Buffer } from "node:buffer";
 import { assert, assertEquals } from "./assert.ts";
 import { type Creds, until, waitConnection, waitStatus, withFixture } from "./transport_fixture.ts";
 import type { TransportFixture } from "./transport_fixture.ts";
+import { run } from "./real_process.ts";
 import { ManualClock } from "../src/clock.ts";
 import { loadTwin } from "../src/storage/twin_store.ts";
 
@@ -455,19 +456,6 @@ Deno.test("mqtt ACL: wildcard filters over devices are refused; an unknown topic
   });
 });
 
-/** Runs a mosquitto CLI command to completion; returns its exit code and output. */
-async function runCli(
-  cmd: string,
-  args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const output = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  return {
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-  };
-}
-
 Deno.test("mqtt with the mosquitto CLI: mosquitto_pub telemetry, mosquitto_sub receives a command", async () => {
   await withFixture(async (f) => {
     const d = await f.register({ id: "cli1" });
@@ -483,7 +471,7 @@ Deno.test("mqtt with the mosquitto CLI: mosquitto_pub telemetry, mosquitto_sub r
       "-P",
       d.key,
     ];
-    const pub = await runCli("mosquitto_pub", [
+    const pub = await run("mosquitto_pub", [
       ...common,
       "-q",
       "1",
@@ -496,7 +484,7 @@ Deno.test("mqtt with the mosquitto CLI: mosquitto_pub telemetry, mosquitto_sub r
     // mosquitto_pub exits after the PUBACK: the value is durable.
     assertEquals((await loadTwin(f.kv, "cli1"))?.state.telemetry.last, { temperature: 27.5 });
 
-    const bad = await runCli("mosquitto_pub", [
+    const bad = await run("mosquitto_pub", [
       ...common.slice(0, -1),
       "wrong-key",
       "-q",
@@ -513,7 +501,7 @@ Deno.test("mqtt with the mosquitto CLI: mosquitto_pub telemetry, mosquitto_sub r
       name: "cool",
       payload: { targetTemperature: 20 },
     });
-    const sub = await runCli("mosquitto_sub", [
+    const sub = await run("mosquitto_sub", [
       ...common,
       "-q",
       "1",

@@ -10,7 +10,7 @@ import { createApp, type Doppel } from "../src/app.ts";
 import { type Clock, systemClock } from "../src/clock.ts";
 import { silentLogger } from "../src/log.ts";
 import { ADMIN_TOKEN, KINDS, requesters } from "./helpers.ts";
-import { connackCode } from "./real_process.ts";
+import { connackCode, until as pollUntil } from "./real_process.ts";
 
 /** A device's credentials. */
 export type Creds = { id: string; key: string };
@@ -26,21 +26,15 @@ export interface Received {
 }
 
 /**
- * Waits until `check` returns a truthy value, checking every few ms up to a deadline.
- * A bounded poll, not a sleep: it returns as soon as the condition holds.
+ * Waits until `check` returns a truthy value: {@link pollUntil} with the in-process fixtures'
+ * short deadline (3 s) and quick polling (5 ms).
  */
-export async function until<T>(
+export function until<T>(
   check: () => T | Promise<T>,
   what = "condition",
   timeoutMs = 3_000,
 ): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  while (true) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}.`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
+  return pollUntil(check, what, timeoutMs, 5);
 }
 
 /** An mqtt.js client that records every message it receives. */
