@@ -8,6 +8,7 @@
  * awaited: children are reaped and their stdout and stderr read to the end.
  * @module
  */
+import { serverArgs } from "./bench/common.ts";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 
 /** The project root. */
@@ -180,15 +181,7 @@ export class DoppelProcess extends LineProcess {
     const server = new DoppelProcess(
       "doppel",
       new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--allow-net",
-          "--allow-env",
-          "--allow-read",
-          "--allow-write",
-          "--allow-sys",
-          "src/main.ts",
-        ],
+        args: serverArgs(),
         cwd: ROOT,
         env: {
           PORT: "0",
