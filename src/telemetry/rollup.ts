@@ -173,19 +173,6 @@ export interface BucketView {
   last: number;
 }
 
-/** A bucket as the API shows it. */
-export function bucketView(level: Level, bucket: Bucket): BucketView {
-  return {
-    start: isoTime(bucket.start),
-    end: isoTime(bucket.start + BUCKET_MS[level]),
-    min: bucket.min,
-    max: bucket.max,
-    avg: bucket.sum / bucket.count,
-    count: bucket.count,
-    last: bucket.last,
-  };
-}
-
 let isoDay = NaN;
 let isoDayPrefix = "";
 
