@@ -6,7 +6,11 @@
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { type Behavior, type Loaded, type Plan } from "../src/actor/activation.ts";
-import { CommitBatcher, type CommitTooLargeError } from "../src/actor/commit_batcher.ts";
+import {
+  type BatcherOptions,
+  CommitBatcher,
+  type CommitTooLargeError,
+} from "../src/actor/commit_batcher.ts";
 import { Directory } from "../src/actor/directory.ts";
 
 /** A message asks for `writes` KV sets; the state counts messages applied. */
@@ -68,12 +72,16 @@ class Counter implements Behavior<number, Msg> {
 async function withDirectory(
   fn: (d: Directory<number, Msg>, behavior: Counter, kv: Deno.Kv) => Promise<void>,
   kvOverride?: (kv: Deno.Kv) => Deno.Kv,
+  options: BatcherOptions = {},
 ): Promise<void> {
   const kv = await Deno.openKv(":memory:");
   try {
     const behavior = new Counter(kv);
     // At most 10 mutations an atomic, so a few messages of 3 writes each overflow it.
-    const batcher = new CommitBatcher(kvOverride ? kvOverride(kv) : kv, { maxMutations: 10 });
+    const batcher = new CommitBatcher(kvOverride ? kvOverride(kv) : kv, {
+      maxMutations: 10,
+      ...options,
+    });
     const directory = new Directory<number, Msg>({ behavior, batcher, now: () => Date.now() });
     await fn(directory, behavior, kv);
     await batcher.drain();
@@ -98,6 +106,26 @@ Deno.test("activation: a batch too large for one atomic runs in halves, in order
     for await (const _ of kv.list({ prefix: ["extra", "a"] })) extras++;
     assertEquals(extras, 18, "every message's writes landed once");
   });
+});
+
+Deno.test("activation: with the batcher's queue full, a turn waits to plan, and messages arriving meanwhile join it", async () => {
+  await withDirectory(
+    async (directory, behavior) => {
+      await Promise.all(["a", "b", "c"].map((id) => directory.send(id, { writes: 0 })));
+      behavior.turns = [];
+      // a's commit goes in flight and b's plan fills the queue (one request), so c waits before
+      // planning: its later messages join its first in one turn, rather than a turn of 1 then 3.
+      const replies = await Promise.all([
+        directory.send("a", { writes: 0 }),
+        directory.send("b", { writes: 0 }),
+        ...Array.from({ length: 4 }, () => directory.send("c", { writes: 0 })),
+      ]);
+      assertEquals(behavior.turns, [1, 1, 4]);
+      assertEquals(replies, [2, 2, 5, 5, 5, 5]);
+    },
+    undefined,
+    { maxInFlight: 1, maxQueued: 1 },
+  );
 });
 
 Deno.test("activation: one message too large for any atomic gets the behaviour's error; the actor goes on", async () => {

@@ -140,8 +140,12 @@ export class Activation<S, M> {
     this.#running = true;
     try {
       while (this.#mailbox.size > 0) {
-        const batch = this.#mailbox.take(this.#ctx.maxBatch);
+        // Plan only when the batcher can take the commit soon: a plan waiting in its queue holds
+        // memory, and messages arriving meanwhile join this turn.
         this.#inTurn = true;
+        const room = this.#ctx.batcher.room();
+        if (room) await room;
+        const batch = this.#mailbox.take(this.#ctx.maxBatch);
         try {
           await this.#turn(batch);
         } catch (error) {

@@ -31,6 +31,11 @@ export interface BatcherOptions {
   maxInFlight?: number;
   /** Attempts for an atomic that throws (such as `database is locked`) before giving up. */
   maxRetries?: number;
+  /**
+   * Requests queued behind the commits in flight before {@link CommitBatcher.room} asks callers
+   * to wait (default: two atomics' worth of checks).
+   */
+  maxQueued?: number;
   /** Told about every committed atomic: requests in it and milliseconds it took. */
   onBatch?(requests: number, ms: number): void;
 }
@@ -58,6 +63,8 @@ export class CommitBatcher {
   #queue: Pending[] = [];
   #inFlight = 0;
   #idle: Array<() => void> = [];
+  // Callers of room() waiting for the queue to shrink, oldest first.
+  #waiting: Array<() => void> = [];
   #options: Required<Omit<BatcherOptions, "onBatch">> & Pick<BatcherOptions, "onBatch">;
 
   /** Creates a batcher writing to `kv`. */
@@ -69,6 +76,7 @@ export class CommitBatcher {
       maxBytes: options.maxBytes ?? 760 * 1024,
       maxInFlight: options.maxInFlight ?? 2,
       maxRetries: options.maxRetries ?? 100,
+      maxQueued: options.maxQueued ?? 2 * (options.maxChecks ?? 100),
       onBatch: options.onBatch,
     };
   }
@@ -86,6 +94,17 @@ export class CommitBatcher {
       this.#queue.push({ request, resolve, reject });
       this.#pump();
     });
+  }
+
+  /**
+   * `undefined` when the queue has room for another request now; otherwise a promise that
+   * resolves once it has. Callers about to prepare a request wait here first, so work is not
+   * prepared long before an atomic can take it: a request prepared late holds its memory for
+   * less time, and messages that arrive meanwhile join the same request.
+   */
+  room(): Promise<void> | undefined {
+    if (this.#queue.length + this.#waiting.length < this.#options.maxQueued) return undefined;
+    return new Promise((resolve) => this.#waiting.push(resolve));
   }
 
   /** Resolves once nothing is queued or in flight. */
@@ -123,7 +142,11 @@ export class CommitBatcher {
       bytes += request.bytes;
       count++;
     }
-    return this.#queue.splice(0, count);
+    const taken = this.#queue.splice(0, count);
+    // As many callers as requests left may now prepare theirs.
+    const free = this.#options.maxQueued - this.#queue.length;
+    for (const resolve of this.#waiting.splice(0, Math.max(0, free))) resolve();
+    return taken;
   }
 
   async #commit(batch: Pending[]): Promise<void> {
