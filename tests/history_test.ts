@@ -12,6 +12,7 @@ import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { defineTwin, z } from "../src/mod.ts";
 import type { TwinKind } from "../src/twin/kind.ts";
+import { metricView, upgradeHistory } from "../src/telemetry/history.ts";
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -549,4 +550,18 @@ Deno.test("history: a history field the telemetry schema lacks stops the kind, n
   }
   assert(refused instanceof Error, "defineTwin refuses the kind");
   assertMatch(refused.message, /history for "voltage", which its telemetry schema does not have/);
+});
+
+Deno.test("history: a record stored before history was kept packed loads with its points and open buckets", () => {
+  const bucket = { start: 60_000, min: 1, max: 2, sum: 3, count: 2, last: 2, lastTs: 62_000 };
+  const legacy = {
+    metrics: { t: { buffer: [[61_000, 1], [62_000, 2]], open: { "1m": bucket } } },
+    chunkSeq: 3,
+  };
+  const history = upgradeHistory(legacy as unknown as Parameters<typeof upgradeHistory>[0]);
+  assertEquals(history.s, 3);
+  assertEquals(metricView(history, "t"), {
+    buffer: [[61_000, 1], [62_000, 2]],
+    open: { "1m": bucket },
+  });
 });

@@ -5,7 +5,6 @@
  * @module
  */
 import { type TwinRecord, upgradeRecord } from "../twin/state.ts";
-import { packHistory } from "../telemetry/history.ts";
 import { keys } from "./keys.ts";
 
 /** Characters per chunk: a string of two-byte characters stays under KV's 64 KiB value cap. */
@@ -101,7 +100,7 @@ export function encodeTwin(
 }
 
 /**
- * The record as stored: history packed, and fields at their defaults left out (`upgradeRecord`
+ * The record as stored: fields at their defaults left out (`upgradeRecord`
  * puts them back), to keep the value — rewritten on every turn — small. Small matters: past
  * about 1,000 bytes SQLite moves a value to overflow pages and KV writes of it get ~3× slower.
  */
@@ -111,8 +110,7 @@ function storedForm(record: TwinRecord): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const name in record) {
     const value = record[name as keyof TwinRecord];
-    if (name === "history") out.history = packHistory(record.history);
-    else if (!atDefault(name, value)) out[name] = value;
+    if (!atDefault(name, value)) out[name] = value;
   }
   return out;
 }

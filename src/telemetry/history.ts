@@ -6,7 +6,6 @@
  * @module
  */
 import {
-  addPoint,
   type Bucket,
   bucketStart,
   CHUNK_MS,
@@ -18,20 +17,37 @@ import {
   type RollupChunk,
 } from "./rollup.ts";
 
-/** Points of one metric not yet flushed, and its open buckets. */
-export interface MetricHistory {
+/**
+ * A rollup bucket as the record keeps it: `[start, min, max, sum, count, last, lastTs - start]`.
+ */
+export type PackedBucket = [number, number, number, number, number, number, number];
+
+/**
+ * One metric's history in the record: `[buffer, open1m, open1h, open1d]`. The buffer holds the
+ * points not yet flushed, in arrival order, as `[t0, v0, dt1, v1, …]` (each time relative to the
+ * one before); each level's open bucket is a {@link PackedBucket}, or 0 when none is open.
+ */
+export type MetricHistory = [number[], PackedBucket | 0, PackedBucket | 0, PackedBucket | 0];
+
+/**
+ * The history part of a twin record. It is kept in memory in the form it is stored in (short
+ * names, arrays of numbers): a record is rewritten on every turn, so the form costs nothing to
+ * encode, few objects to keep, and few bytes in KV, where writes slow down sharply past about
+ * 1 KB a value.
+ */
+export interface HistoryState {
+  /** Per metric. */
+  p: Record<string, MetricHistory>;
+  /** Counter that keeps raw chunk keys unique. */
+  s: number;
+}
+
+/** A metric's history decoded: its unflushed points and open buckets (for queries and tests). */
+export interface MetricView {
   /** `[ts, value]` pairs in arrival order. */
   buffer: Array<[number, number]>;
   /** The latest bucket of each level, still open. */
   open: Partial<Record<Level, Bucket>>;
-}
-
-/** The history part of a twin record. */
-export interface HistoryState {
-  /** Per metric. */
-  metrics: Record<string, MetricHistory>;
-  /** Counter that keeps raw chunk keys unique. */
-  chunkSeq: number;
 }
 
 /** How long data is kept, in ms: raw points and each rollup level. */
@@ -63,7 +79,7 @@ export const FLUSH_SPAN_MS = 15 * 60_000;
 
 /** An empty history. */
 export function emptyHistory(): HistoryState {
-  return { metrics: {}, chunkSeq: 0 };
+  return { p: {}, s: 0 };
 }
 
 /** A raw chunk to write: many points of one metric. */
@@ -143,10 +159,10 @@ export class HistoryWriter {
   /** `history` without the metrics `keep` leaves out (the kind stopped keeping them). */
   keepOnly(history: HistoryState, keep: ReadonlySet<string>): HistoryState {
     let out = history;
-    for (const metric in history.metrics) {
+    for (const metric in history.p) {
       if (keep.has(metric)) continue;
-      if (out === history) out = { metrics: { ...history.metrics }, chunkSeq: history.chunkSeq };
-      delete out.metrics[metric];
+      if (out === history) out = { p: { ...history.p }, s: history.s };
+      delete out.p[metric];
     }
     if (out !== history) this.#owned = undefined;
     return out;
@@ -154,58 +170,72 @@ export class HistoryWriter {
 
   /** Adds one point of `metric` to `history`; returns the new history. */
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
-    // The first point of a metric in this turn copies its state; later ones add in place (the
-    // stored state is never changed, so a turn run again after a conflict starts clean).
+    // The first point of a metric in this turn copies its arrays; later ones change them in
+    // place (the stored state is never changed, so a turn run again after a conflict starts
+    // clean).
     if (history !== this.#owned) {
-      history = { metrics: { ...history.metrics }, chunkSeq: history.chunkSeq };
+      history = { p: { ...history.p }, s: history.s };
       this.#owned = history;
       this.#ownedMetrics = [];
     }
-    let current = history.metrics[metric];
+    let current = history.p[metric];
     if (!this.#ownedMetrics.includes(metric)) {
       current = current
-        ? { buffer: [...current.buffer], open: { ...current.open } }
-        : { buffer: [], open: {} };
-      history.metrics[metric] = current;
+        ? [
+          current[0].slice(),
+          copyBucket(current[1]),
+          copyBucket(current[2]),
+          copyBucket(current[3]),
+        ]
+        : [[], 0, 0, 0];
+      history.p[metric] = current;
       this.#ownedMetrics.push(metric);
     }
-    const buffer = current.buffer;
-    const flush = () => {
-      const points = buffer.splice(0).sort((a, b) => a[0] - b[0]);
-      const firstTs = points[0][0];
-      const lastTs = points[points.length - 1][0];
-      this.raw.push({ metric, firstTs, lastTs, seq: ++history.chunkSeq, points });
-    };
+    let buffer = current[0];
     // A chunk spans less than FLUSH_SPAN_MS, so a range query knows how far back to look: a
     // point that would stretch it further starts the next chunk.
+    let previous = 0; // The time of the buffer's latest point: the next one is relative to it.
     if (buffer.length > 0) {
       let first = ts, last = ts;
-      for (const [t] of buffer) {
-        if (t < first) first = t;
-        if (t > last) last = t;
+      for (let i = 0; i < buffer.length; i += 2) {
+        previous += buffer[i];
+        if (previous < first) first = previous;
+        if (previous > last) last = previous;
       }
-      if (last - first >= FLUSH_SPAN_MS) flush();
+      if (last - first >= FLUSH_SPAN_MS) {
+        this.#flush(history, metric, buffer);
+        buffer = current[0] = [];
+        previous = 0;
+      }
     }
-    buffer.push([ts, value]);
-    if (buffer.length >= FLUSH_POINTS) flush();
-    for (const level of LEVELS) {
-      current.open[level] = this.#roll(metric, level, current.open[level], ts, value);
+    buffer.push(ts - previous, value);
+    if (buffer.length >= 2 * FLUSH_POINTS) {
+      this.#flush(history, metric, buffer);
+      current[0] = [];
+    }
+    for (let l = 0; l < LEVELS.length; l++) {
+      const level = LEVELS[l];
+      const open = current[l + 1] as PackedBucket | 0;
+      const start = bucketStart(level, ts);
+      if (open === 0) current[l + 1] = packBucket(newBucket(level, ts, value));
+      else if (start === open[0]) addToPacked(open, ts, value);
+      else if (start > open[0]) {
+        this.#merge(metric, level, unpackBucket(open));
+        current[l + 1] = packBucket(newBucket(level, ts, value));
+      } else {
+        // A late point for a bucket already closed: into its stored chunk.
+        this.#merge(metric, level, newBucket(level, ts, value));
+      }
     }
     return history;
   }
 
-  /** The open bucket after a point: added to it, or it closes and a new one opens. */
-  #roll(metric: string, level: Level, open: Bucket | undefined, ts: number, value: number): Bucket {
-    const start = bucketStart(level, ts);
-    if (!open) return newBucket(level, ts, value);
-    if (start === open.start) return addPoint(open, ts, value);
-    if (start > open.start) {
-      this.#merge(metric, level, open);
-      return newBucket(level, ts, value);
-    }
-    // A late point for a bucket already closed: into its stored chunk.
-    this.#merge(metric, level, newBucket(level, ts, value));
-    return open;
+  /** Writes a buffer's points as one raw chunk, in time order. */
+  #flush(history: HistoryState, metric: string, buffer: number[]): void {
+    const points = decodeBuffer(buffer).sort((a, b) => a[0] - b[0]);
+    const firstTs = points[0][0];
+    const lastTs = points[points.length - 1][0];
+    this.raw.push({ metric, firstTs, lastTs, seq: ++history.s, points });
   }
 
   #merge(metric: string, level: Level, bucket: Bucket): void {
@@ -250,66 +280,84 @@ export function parseDuration(text: string): number {
   return Number(match[1]) * unit;
 }
 
-/** {@link HistoryState} as stored: short names and number arrays (a twin record is rewritten on
- * every turn, and KV writes slow down sharply past about 1 KB a value). */
-export interface PackedHistory {
-  /** Per metric: `[buffer, open1m, open1h, open1d]`. */
-  p: Record<string, [number[], ...(number[] | 0)[]]>;
-  /** `chunkSeq`. */
-  s: number;
+/** A metric's history decoded into points and bucket objects, or `undefined` if it has none. */
+export function metricView(history: HistoryState, metric: string): MetricView | undefined {
+  const packed = history.p[metric];
+  if (!packed) return undefined;
+  const open: MetricView["open"] = {};
+  LEVELS.forEach((level, i) => {
+    const bucket = packed[i + 1];
+    if (bucket) open[level] = unpackBucket(bucket as PackedBucket);
+  });
+  return { buffer: decodeBuffer(packed[0]), open };
 }
 
-/** Packs history for storage: buffers as `[t0, v0, dt1, v1, …]`, buckets as number arrays. */
-export function packHistory(history: HistoryState): PackedHistory {
-  // Runs on every commit of a twin with history: sized arrays and plain loops, no iterators.
-  const p: PackedHistory["p"] = {};
-  for (const metric in history.metrics) {
-    const { buffer, open } = history.metrics[metric];
-    const flat = new Array<number>(buffer.length * 2);
+/** History as records written before it was kept packed hold it. */
+interface LegacyHistory {
+  metrics: Record<string, MetricView>;
+  chunkSeq: number;
+}
+
+/** The history a stored record holds, as it is kept (older records hold it unpacked). */
+export function upgradeHistory(stored: HistoryState | LegacyHistory | undefined): HistoryState {
+  if (!stored) return emptyHistory();
+  if ("p" in stored) return stored;
+  const p: HistoryState["p"] = {};
+  for (const [metric, { buffer, open }] of Object.entries(stored.metrics)) {
+    const flat: number[] = [];
     let previous = 0;
-    for (let i = 0; i < buffer.length; i++) {
-      const [ts, value] = buffer[i];
-      flat[2 * i] = ts - previous;
-      flat[2 * i + 1] = value;
+    for (const [ts, value] of buffer) {
+      flat.push(ts - previous, value);
       previous = ts;
     }
-    p[metric] = [flat, packBucket(open["1m"]), packBucket(open["1h"]), packBucket(open["1d"])];
+    p[metric] = [
+      flat,
+      open["1m"] ? packBucket(open["1m"]) : 0,
+      open["1h"] ? packBucket(open["1h"]) : 0,
+      open["1d"] ? packBucket(open["1d"]) : 0,
+    ];
   }
-  return { p, s: history.chunkSeq };
+  return { p, s: stored.chunkSeq };
 }
 
-function packBucket(b: Bucket | undefined): number[] | 0 {
-  return b ? [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start] : 0;
+function decodeBuffer(buffer: number[]): Array<[number, number]> {
+  const points = new Array<[number, number]>(buffer.length / 2);
+  let ts = 0;
+  for (let i = 0; i < buffer.length; i += 2) {
+    ts += buffer[i];
+    points[i / 2] = [ts, buffer[i + 1]];
+  }
+  return points;
 }
 
-/** The history a stored record holds, packed or (as older records have it) not. */
-export function unpackHistory(stored: HistoryState | PackedHistory | undefined): HistoryState {
-  if (!stored) return emptyHistory();
-  if (!("p" in stored)) return stored;
-  const metrics: Record<string, MetricHistory> = {};
-  for (const [metric, [flat, ...levels]] of Object.entries(stored.p)) {
-    const buffer: Array<[number, number]> = [];
-    let ts = 0;
-    for (let i = 0; i < flat.length; i += 2) {
-      ts += flat[i];
-      buffer.push([ts, flat[i + 1]]);
-    }
-    const open: Partial<Record<Level, Bucket>> = {};
-    LEVELS.forEach((level, i) => {
-      const b = levels[i];
-      if (b) {
-        open[level] = {
-          start: b[0],
-          min: b[1],
-          max: b[2],
-          sum: b[3],
-          count: b[4],
-          last: b[5],
-          lastTs: b[0] + b[6],
-        };
-      }
-    });
-    metrics[metric] = { buffer, open };
+function packBucket(b: Bucket): PackedBucket {
+  return [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start];
+}
+
+function unpackBucket(b: PackedBucket): Bucket {
+  return {
+    start: b[0],
+    min: b[1],
+    max: b[2],
+    sum: b[3],
+    count: b[4],
+    last: b[5],
+    lastTs: b[0] + b[6],
+  };
+}
+
+function copyBucket(b: PackedBucket | 0): PackedBucket | 0 {
+  return b === 0 ? 0 : b.slice() as PackedBucket;
+}
+
+/** Adds a point to a packed bucket in place (as `addPoint` does to a copy). */
+function addToPacked(b: PackedBucket, ts: number, value: number): void {
+  if (value < b[1]) b[1] = value;
+  if (value > b[2]) b[2] = value;
+  b[3] += value;
+  b[4] += 1;
+  if (ts >= b[0] + b[6]) {
+    b[5] = value;
+    b[6] = ts - b[0];
   }
-  return { metrics, chunkSeq: stored.s };
 }

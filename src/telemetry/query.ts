@@ -4,7 +4,7 @@
  * @module
  */
 import { loadTwin } from "../storage/twin_store.ts";
-import { FLUSH_SPAN_MS, type Retention, rollupExpiry } from "./history.ts";
+import { FLUSH_SPAN_MS, metricView, type Retention, rollupExpiry } from "./history.ts";
 import {
   type Bucket,
   BUCKET_MS,
@@ -61,7 +61,7 @@ export interface HistoryPage {
 /** Runs a history query. */
 export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<HistoryPage> {
   const twin = await loadTwin(kv, q.deviceId);
-  const history = twin?.state.history.metrics[q.metric];
+  const history = twin && metricView(twin.state.history, q.metric);
   // What the twin still holds (points not yet flushed, open buckets) obeys retention too.
   const held = history && {
     buffer: history.buffer.filter(([ts]) => ts + q.retention.raw > q.now),

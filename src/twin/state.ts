@@ -7,12 +7,7 @@ import { computeDelta, type JsonObject, type MetaTree } from "./json.ts";
 import type { PresenceState, Tombstone } from "./presence.ts";
 import type { AlarmRecord } from "../rules/alarms.ts";
 import type { RuleState } from "../rules/rules.ts";
-import {
-  emptyHistory,
-  type HistoryState,
-  type PackedHistory,
-  unpackHistory,
-} from "../telemetry/history.ts";
+import { emptyHistory, type HistoryState, upgradeHistory } from "../telemetry/history.ts";
 
 /** Presence of the device behind a twin. */
 export type ConnectionStatus = "online" | "offline" | "never";
@@ -144,7 +139,7 @@ export function upgradeRecord(record: TwinRecord): TwinRecord {
   record.commands ??= { nextSeq: 1, pending: [] };
   record.timerAt ??= null;
   record.presence ??= { sessions: {}, httpUntil: null };
-  record.history = unpackHistory(record.history as HistoryState | PackedHistory | undefined);
+  record.history = upgradeHistory(record.history);
   record.memory ??= {};
   record.eventSeq ??= 0;
   record.rules ??= {};

@@ -225,7 +225,7 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     const stored = await loadTwin(s.kv, id);
     if (!stored) throw new DoppelError("not_found", `Device ${id} has no twin.`);
     const twin = publicTwin(stored.state);
-    const metrics = new Set(Object.keys(stored.state.history.metrics));
+    const metrics = new Set(Object.keys(stored.state.history.p));
     for (const [name, value] of Object.entries(twin.telemetry.last)) {
       if (typeof value === "number") metrics.add(name);
     }
