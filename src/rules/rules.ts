@@ -258,13 +258,16 @@ function same(state: RuleState): Firing {
 }
 
 function evalThreshold(rule: ThresholdRule, state: RuleState, ts: number, value: number): Firing {
-  const details = { metric: rule.metric, value };
   if (!state.active) {
     const beyond = rule.above !== undefined ? value > rule.above : value < rule.below!;
-    if (!beyond) return { change: null, state: { active: false, since: null } };
+    if (!beyond) return quiet(state, false);
     const since = state.since ?? ts;
     if (ts - since >= rule.forMs) {
-      return { change: "raise", state: { active: true, since: null }, details };
+      return {
+        change: "raise",
+        state: { active: true, since: null },
+        details: { metric: rule.metric, value },
+      };
     }
     return { change: null, state: { active: false, since } };
   }
@@ -272,12 +275,22 @@ function evalThreshold(rule: ThresholdRule, state: RuleState, ts: number, value:
   const back = rule.above !== undefined
     ? value < (rule.clearBelow ?? rule.above)
     : value > (rule.clearAbove ?? rule.below!);
-  if (!back) return { change: null, state: { active: true, since: null } };
+  if (!back) return quiet(state, true);
   const since = state.since ?? ts;
   if (ts - since >= rule.clearForMs) {
-    return { change: "clear", state: { active: false, since: null }, details };
+    return {
+      change: "clear",
+      state: { active: false, since: null },
+      details: { metric: rule.metric, value },
+    };
   }
   return { change: null, state: { active: true, since } };
+}
+
+/** No change, with no pending `since`: the same state when it already says so (most readings). */
+function quiet(state: RuleState, active: boolean): Firing {
+  if (state.active === active && state.since === null) return same(state);
+  return { change: null, state: { active, since: null } };
 }
 
 function evalRate(rule: RateRule, state: RuleState, ts: number, value: number): Firing {

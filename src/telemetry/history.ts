@@ -180,38 +180,36 @@ export class HistoryWriter {
     }
     let current = history.p[metric];
     if (!this.#ownedMetrics.includes(metric)) {
+      // The buffer is copied with each point below; the open buckets are copied here once.
       current = current
-        ? [
-          current[0].slice(),
-          copyBucket(current[1]),
-          copyBucket(current[2]),
-          copyBucket(current[3]),
-        ]
-        : [[], 0, 0, 0];
+        ? [current[0], copyBucket(current[1]), copyBucket(current[2]), copyBucket(current[3])]
+        : [EMPTY_BUFFER, 0, 0, 0];
       history.p[metric] = current;
       this.#ownedMetrics.push(metric);
     }
-    let buffer = current[0];
+    const buffer = current[0];
     // A chunk spans less than FLUSH_SPAN_MS, so a range query knows how far back to look: a
     // point that would stretch it further starts the next chunk.
     let previous = 0; // The time of the buffer's latest point: the next one is relative to it.
-    if (buffer.length > 0) {
-      let first = ts, last = ts;
-      for (let i = 0; i < buffer.length; i += 2) {
-        previous += buffer[i];
-        if (previous < first) first = previous;
-        if (previous > last) last = previous;
-      }
-      if (last - first >= FLUSH_SPAN_MS) {
-        this.#flush(history, metric, buffer);
-        buffer = current[0] = [];
-        previous = 0;
-      }
+    let first = ts, last = ts;
+    for (let i = 0; i < buffer.length; i += 2) {
+      previous += buffer[i];
+      if (previous < first) first = previous;
+      if (previous > last) last = previous;
     }
-    buffer.push(ts - previous, value);
-    if (buffer.length >= 2 * FLUSH_POINTS) {
+    if (buffer.length > 0 && last - first >= FLUSH_SPAN_MS) {
       this.#flush(history, metric, buffer);
-      current[0] = [];
+      current[0] = [ts, value];
+    } else {
+      // A new array of the right size, never one the stored state shares.
+      const next = new Array<number>(buffer.length + 2);
+      for (let i = 0; i < buffer.length; i++) next[i] = buffer[i];
+      next[buffer.length] = ts - previous;
+      next[buffer.length + 1] = value;
+      if (next.length >= 2 * FLUSH_POINTS) {
+        this.#flush(history, metric, next);
+        current[0] = EMPTY_BUFFER;
+      } else current[0] = next;
     }
     for (let l = 0; l < LEVELS.length; l++) {
       const level = LEVELS[l];
@@ -254,16 +252,6 @@ export class HistoryWriter {
 /** When a rollup chunk's data falls out of retention (ms). */
 export function rollupExpiry(level: Level, start: number, retention: Retention): number {
   return start + CHUNK_MS[level] + retention[level];
-}
-
-/** Numeric values of a telemetry item: numbers as they are, booleans as 0 or 1. */
-export function numericFields(values: Record<string, unknown>): Array<[string, number]> {
-  const out: Array<[string, number]> = [];
-  for (const [name, value] of Object.entries(values)) {
-    if (typeof value === "number" && Number.isFinite(value)) out.push([name, value]);
-    else if (typeof value === "boolean") out.push([name, value ? 1 : 0]);
-  }
-  return out;
 }
 
 /** Parses a duration such as `90s`, `15m`, `12h`, `7d` or `2w` to ms. */
@@ -319,6 +307,9 @@ export function upgradeHistory(stored: HistoryState | LegacyHistory | undefined)
   }
   return { p, s: stored.chunkSeq };
 }
+
+/** The buffer of a metric with no unflushed points (never changed: buffers are replaced). */
+const EMPTY_BUFFER: number[] = [];
 
 function decodeBuffer(buffer: number[]): Array<[number, number]> {
   const points = new Array<[number, number]>(buffer.length / 2);

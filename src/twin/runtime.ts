@@ -513,6 +513,9 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
    * Most turns need nothing read, and get their answer without a promise.
    */
   #read(id: string, state: TwinRecord, messages: TwinMessage[]): TurnReads | Promise<TurnReads> {
+    let any = false;
+    for (let i = 0; i < messages.length && !any; i++) any = needsRead(messages[i], state);
+    if (!any) return NO_READS;
     const kv = this.#runtime.internals.kv;
     const messageIds: string[] = [];
     const idemKeys: string[] = [];
@@ -572,6 +575,23 @@ const NO_READS: TurnReads = Object.freeze({
   seenMessageIds: new Set<string>(),
   idempotent: new Map<string, CommandRecord>(),
 });
+
+/** Whether a message needs something read before its turn (see `TwinBehavior.#read`). */
+function needsRead(message: TwinMessage, state: TwinRecord): boolean {
+  switch (message.type) {
+    case "telemetry":
+      for (const item of message.items) {
+        if ((item as { id?: unknown } | null)?.id !== undefined) return true;
+      }
+      return false;
+    case "command.create":
+      return message.idempotencyKey !== undefined;
+    case "command.result":
+      return !state.commands.pending.some((c) => c.id === message.commandId);
+    default:
+      return false;
+  }
+}
 
 function randomHex(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(4));

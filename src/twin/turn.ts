@@ -41,7 +41,7 @@ import {
   type Rule,
   ruleDue,
 } from "../rules/rules.ts";
-import { HistoryWriter, NeedsRead, numericFields, type RawChunk } from "../telemetry/history.ts";
+import { HistoryWriter, NeedsRead, type RawChunk } from "../telemetry/history.ts";
 import type { Level, RollupChunk } from "../telemetry/rollup.ts";
 import { type Connection, type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
 import {
@@ -664,13 +664,12 @@ class Turn {
     // Items as the telemetry notice carries them, and their message ids beside them.
     const parsed: Array<{ ts: number; values: JsonObject }> = [];
     const ids: Array<string | undefined> = [];
-    const issues: FieldIssue[] = [];
+    let issues: FieldIssue[] | undefined;
     for (let index = 0; index < items.length; index++) {
       const item = items[index];
       const prefix = batch ? `items[${index}]` : "";
-      const at = (field: string) => (prefix && field ? `${prefix}.${field}` : prefix || field);
       if (!isObject(item)) {
-        issues.push({ field: prefix || "(body)", message: "must be a JSON object" });
+        (issues ??= []).push({ field: prefix || "(body)", message: "must be a JSON object" });
         continue;
       }
       const { ts, id } = item;
@@ -679,26 +678,32 @@ class Turn {
         id !== undefined && (typeof id !== "string" || id.length === 0 ||
           id.length > TWIN_LIMITS.maxMessageIdLength)
       ) {
-        issues.push({ field: at("id"), message: "must be a string of 1 to 128 characters" });
+        (issues ??= []).push({
+          field: fieldAt(prefix, "id"),
+          message: "must be a string of 1 to 128 characters",
+        });
       }
       const time = parseTs(ts);
       if (time === null) {
-        issues.push({ field: at("ts"), message: "must be epoch milliseconds or an ISO 8601 time" });
+        (issues ??= []).push({
+          field: fieldAt(prefix, "ts"),
+          message: "must be epoch milliseconds or an ISO 8601 time",
+        });
       }
       const result = kind.telemetry.safeParse(values);
       if (!result.success) {
         for (const issue of zodIssues(result.error)) {
-          issues.push({ field: at(issue.field), message: issue.message });
+          (issues ??= []).push({ field: fieldAt(prefix, issue.field), message: issue.message });
         }
       }
-      if (issues.length === 0 && result.success) {
+      if (issues === undefined && result.success) {
         const sane = time !== undefined && time !== null &&
           time <= now + TWIN_LIMITS.maxFutureSkewMs && time >= now - TWIN_LIMITS.maxPastSkewMs;
         parsed.push({ ts: sane ? time : now, values: result.data as JsonObject });
         ids.push(id as string | undefined);
       }
     }
-    if (issues.length > 0) {
+    if (issues !== undefined) {
       throw validationError(
         batch ? "Telemetry batch refused whole:" : "Telemetry refused:",
         issues,
@@ -708,6 +713,7 @@ class Turn {
     let duplicates = 0;
     // What the live views get: the items applied now, not the duplicates.
     let applied = parsed;
+    const keepHistory = kind.history && this.#env.history !== false;
     for (let i = 0; i < parsed.length; i++) {
       const item = parsed[i];
       const id = ids[i];
@@ -731,38 +737,16 @@ class Turn {
           lastAt: item.ts === now ? this.#nowIso : new Date(item.ts).toISOString(),
         });
       }
-      const numbers = numericFields(item.values);
-      if (kind.history && this.#env.history !== false && numbers.length > 0) {
-        const before = draft.state.history;
-        let history = before;
-        if (kind.historyFields) {
-          this.#history ??= new HistoryWriter(
-            draft.state.id,
-            this.#reads.rollupChunks ?? NO_CHUNKS,
-          );
-          history = this.#history.keepOnly(history, kind.historyFields);
-        }
-        for (const [metric, value] of numbers) {
-          if (kind.historyFields && !kind.historyFields.has(metric)) continue;
-          this.#history ??= new HistoryWriter(
-            draft.state.id,
-            this.#reads.rollupChunks ?? NO_CHUNKS,
-          );
-          history = this.#history.add(history, metric, item.ts, value);
-        }
-        if (history !== before) this.#set(draft, "history", history);
-      }
-      if (kind.rules.length > 0) {
-        for (const rule of kind.rules) {
-          const metric = "metric" in rule ? rule.metric : undefined;
-          const value = metric === undefined ? undefined : valueOf(numbers, metric);
-          if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
-          this.#applyFiring(
-            draft,
-            rule,
-            onReading(rule, this.#ruleState(draft.state, rule), item.ts, value),
-          );
-        }
+      if (keepHistory) this.#keepHistory(draft, item.ts, item.values);
+      for (const rule of kind.rules) {
+        const metric = "metric" in rule ? rule.metric : undefined;
+        const value = metric === undefined ? undefined : numericValue(item.values[metric]);
+        if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
+        this.#applyFiring(
+          draft,
+          rule,
+          onReading(rule, this.#ruleState(draft.state, rule), item.ts, value),
+        );
       }
       const onTelemetry = kind.handlers.onTelemetry;
       if (onTelemetry) {
@@ -783,6 +767,25 @@ class Turn {
     }
     draft.changed = true;
     return { accepted, duplicates };
+  }
+
+  /** Adds a reading's numeric values (booleans as 0 or 1) to the twin's history. */
+  #keepHistory(draft: Draft, ts: number, values: JsonObject): void {
+    const fields = this.#env.kind.historyFields;
+    const before = draft.state.history;
+    let history = before;
+    for (const metric in values) {
+      const value = numericValue(values[metric]);
+      if (value === undefined || (fields && !fields.has(metric))) continue;
+      this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
+      history = this.#history.add(history, metric, ts, value);
+    }
+    if (fields) {
+      // Fields the kind no longer keeps history for go (a no-op once they have).
+      this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
+      history = this.#history.keepOnly(history, fields);
+    }
+    if (history !== before) this.#set(draft, "history", history);
   }
 
   #reported(draft: Draft, patch: unknown): { version: number } {
@@ -1288,10 +1291,16 @@ function withoutTsAndId(item: Record<string, unknown>): Record<string, unknown> 
   return values;
 }
 
-/** The value of `metric` among a reading's numeric fields (a handful: a scan beats a Map). */
-function valueOf(numbers: Array<[string, number]>, metric: string): number | undefined {
-  for (const [name, value] of numbers) if (name === metric) return value;
+/** A telemetry value as history and rules take it: a finite number, or a boolean as 0 or 1. */
+function numericValue(value: unknown): number | undefined {
+  if (typeof value === "number") return Number.isFinite(value) ? value : undefined;
+  if (typeof value === "boolean") return value ? 1 : 0;
   return undefined;
+}
+
+/** The field name an issue gets: within `items[i]` for a batch, else as it is. */
+function fieldAt(prefix: string, field: string): string {
+  return prefix && field ? `${prefix}.${field}` : prefix || field;
 }
 
 function minDue(a: number | null, b: number | null): number | null {
