@@ -565,3 +565,17 @@ Deno.test("history: a record stored before history was kept packed loads with it
     open: { "1m": bucket },
   });
 });
+
+Deno.test("history: a record stored with history as nested arrays loads with its points and open buckets", () => {
+  // [buffer as t0, v0, dt1, v1; 1m, 1h and 1d buckets as start, min, max, sum, count, last, dt]
+  const nested = {
+    p: { t: [[61_000, 1, 1_000, 2], [60_000, 1, 2, 3, 2, 2, 2_000], 0, 0] },
+    s: 4,
+  };
+  const history = upgradeHistory(nested as unknown as Parameters<typeof upgradeHistory>[0]);
+  assertEquals(history.s, 4);
+  assertEquals(metricView(history, "t"), {
+    buffer: [[61_000, 1], [62_000, 2]],
+    open: { "1m": { start: 60_000, min: 1, max: 2, sum: 3, count: 2, last: 2, lastTs: 62_000 } },
+  });
+});

@@ -18,22 +18,23 @@ import {
 } from "./rollup.ts";
 
 /**
- * A rollup bucket as the record keeps it: `[start, min, max, sum, count, last, lastTs - start]`.
+ * One metric's history in the record, as one array of numbers: the open bucket of each level
+ * (`1m`, `1h`, `1d`), {@link BUCKET_SLOTS} numbers each — `start, min, max, sum, count, last,
+ * lastTs - start`, count 0 when none is open — then the points not yet flushed, in arrival order,
+ * as `t0, v0, dt1, v1, …` (each time relative to the one before).
  */
-export type PackedBucket = [number, number, number, number, number, number, number];
+export type MetricHistory = number[];
 
-/**
- * One metric's history in the record: `[buffer, open1m, open1h, open1d]`. The buffer holds the
- * points not yet flushed, in arrival order, as `[t0, v0, dt1, v1, …]` (each time relative to the
- * one before); each level's open bucket is a {@link PackedBucket}, or 0 when none is open.
- */
-export type MetricHistory = [number[], PackedBucket | 0, PackedBucket | 0, PackedBucket | 0];
+/** Numbers per bucket in a {@link MetricHistory}. */
+const BUCKET_SLOTS = 7;
+/** Where a {@link MetricHistory}'s buffer starts: after the three buckets. */
+const BUFFER_AT = 3 * BUCKET_SLOTS;
 
 /**
  * The history part of a twin record. It is kept in memory in the form it is stored in (short
- * names, arrays of numbers): a record is rewritten on every turn, so the form costs nothing to
- * encode, few objects to keep, and few bytes in KV, where writes slow down sharply past about
- * 1 KB a value.
+ * names, one array of numbers per metric): a record is replaced on every turn, and what it keeps
+ * costs garbage collection in objects and KV writes in bytes (they slow down sharply past about
+ * 1 KB a value), so this form has few of either and costs nothing to encode.
  */
 export interface HistoryState {
   /** Per metric. */
@@ -170,56 +171,56 @@ export class HistoryWriter {
 
   /** Adds one point of `metric` to `history`; returns the new history. */
   add(history: HistoryState, metric: string, ts: number, value: number): HistoryState {
-    // The first point of a metric in this turn copies its arrays; later ones change them in
-    // place (the stored state is never changed, so a turn run again after a conflict starts
-    // clean).
+    // The first point of a metric in this turn copies its array; later ones change it in place
+    // (the stored state is never changed, so a turn run again after a conflict starts clean).
     if (history !== this.#owned) {
       history = { p: { ...history.p }, s: history.s };
       this.#owned = history;
       this.#ownedMetrics = [];
     }
-    let current = history.p[metric];
-    if (!this.#ownedMetrics.includes(metric)) {
-      // The buffer is copied with each point below; the open buckets are copied here once.
-      current = current
-        ? [current[0], copyBucket(current[1]), copyBucket(current[2]), copyBucket(current[3])]
-        : [EMPTY_BUFFER, 0, 0, 0];
-      history.p[metric] = current;
+    const before = history.p[metric] ?? NO_METRIC;
+    let m: MetricHistory;
+    if (this.#ownedMetrics.includes(metric)) m = before;
+    else {
+      // A copy with room for this point, made in one go.
+      m = new Array<number>(before.length + 2);
+      for (let i = 0; i < before.length; i++) m[i] = before[i];
+      m.length = before.length;
+      history.p[metric] = m;
       this.#ownedMetrics.push(metric);
     }
-    const buffer = current[0];
     // A chunk spans less than FLUSH_SPAN_MS, so a range query knows how far back to look: a
     // point that would stretch it further starts the next chunk.
     let previous = 0; // The time of the buffer's latest point: the next one is relative to it.
     let first = ts, last = ts;
-    for (let i = 0; i < buffer.length; i += 2) {
-      previous += buffer[i];
+    for (let i = BUFFER_AT; i < m.length; i += 2) {
+      previous += m[i];
       if (previous < first) first = previous;
       if (previous > last) last = previous;
     }
-    if (buffer.length > 0 && last - first >= FLUSH_SPAN_MS) {
-      this.#flush(history, metric, buffer);
-      current[0] = [ts, value];
-    } else {
-      // A new array of the right size, never one the stored state shares.
-      const next = new Array<number>(buffer.length + 2);
-      for (let i = 0; i < buffer.length; i++) next[i] = buffer[i];
-      next[buffer.length] = ts - previous;
-      next[buffer.length + 1] = value;
-      if (next.length >= 2 * FLUSH_POINTS) {
-        this.#flush(history, metric, next);
-        current[0] = EMPTY_BUFFER;
-      } else current[0] = next;
+    if (m.length > BUFFER_AT && last - first >= FLUSH_SPAN_MS) {
+      this.#flush(history, metric, m);
+      previous = 0;
     }
+    m.push(ts - previous, value);
+    if (m.length - BUFFER_AT >= 2 * FLUSH_POINTS) this.#flush(history, metric, m);
     for (let l = 0; l < LEVELS.length; l++) {
       const level = LEVELS[l];
-      const open = current[l + 1] as PackedBucket | 0;
+      const at = l * BUCKET_SLOTS;
       const start = bucketStart(level, ts);
-      if (open === 0) current[l + 1] = packBucket(newBucket(level, ts, value));
-      else if (start === open[0]) addToPacked(open, ts, value);
-      else if (start > open[0]) {
-        this.#merge(metric, level, unpackBucket(open));
-        current[l + 1] = packBucket(newBucket(level, ts, value));
+      if (!m[at + 4]) setBucket(m, at, newBucket(level, ts, value));
+      else if (start === m[at]) {
+        if (value < m[at + 1]) m[at + 1] = value;
+        if (value > m[at + 2]) m[at + 2] = value;
+        m[at + 3] += value;
+        m[at + 4] += 1;
+        if (ts >= m[at] + m[at + 6]) {
+          m[at + 5] = value;
+          m[at + 6] = ts - m[at];
+        }
+      } else if (start > m[at]) {
+        this.#merge(metric, level, bucketOf(m, at));
+        setBucket(m, at, newBucket(level, ts, value));
       } else {
         // A late point for a bucket already closed: into its stored chunk.
         this.#merge(metric, level, newBucket(level, ts, value));
@@ -228,9 +229,10 @@ export class HistoryWriter {
     return history;
   }
 
-  /** Writes a buffer's points as one raw chunk, in time order. */
-  #flush(history: HistoryState, metric: string, buffer: number[]): void {
-    const points = decodeBuffer(buffer).sort((a, b) => a[0] - b[0]);
+  /** Writes the buffer of `m` as one raw chunk, in time order, and empties it. */
+  #flush(history: HistoryState, metric: string, m: MetricHistory): void {
+    const points = decodeBuffer(m).sort((a, b) => a[0] - b[0]);
+    m.length = BUFFER_AT;
     const firstTs = points[0][0];
     const lastTs = points[points.length - 1][0];
     this.raw.push({ metric, firstTs, lastTs, seq: ++history.s, points });
@@ -270,85 +272,84 @@ export function parseDuration(text: string): number {
 
 /** A metric's history decoded into points and bucket objects, or `undefined` if it has none. */
 export function metricView(history: HistoryState, metric: string): MetricView | undefined {
-  const packed = history.p[metric];
-  if (!packed) return undefined;
+  const m = history.p[metric];
+  if (!m) return undefined;
   const open: MetricView["open"] = {};
-  LEVELS.forEach((level, i) => {
-    const bucket = packed[i + 1];
-    if (bucket) open[level] = unpackBucket(bucket as PackedBucket);
+  LEVELS.forEach((level, l) => {
+    if (m[l * BUCKET_SLOTS + 4]) open[level] = bucketOf(m, l * BUCKET_SLOTS);
   });
-  return { buffer: decodeBuffer(packed[0]), open };
+  return { buffer: decodeBuffer(m), open };
 }
 
-/** History as records written before it was kept packed hold it. */
-interface LegacyHistory {
-  metrics: Record<string, MetricView>;
-  chunkSeq: number;
-}
+/** History as records written before it was kept in one array per metric hold it. */
+type OlderHistory =
+  | { metrics: Record<string, MetricView>; chunkSeq: number }
+  | { p: Record<string, [number[], ...(number[] | 0)[]]>; s: number };
 
-/** The history a stored record holds, as it is kept (older records hold it unpacked). */
-export function upgradeHistory(stored: HistoryState | LegacyHistory | undefined): HistoryState {
+/** The history a stored record holds, as it is kept (older records hold it in older forms). */
+export function upgradeHistory(stored: HistoryState | OlderHistory | undefined): HistoryState {
   if (!stored) return emptyHistory();
-  if ("p" in stored) return stored;
   const p: HistoryState["p"] = {};
+  if ("p" in stored) {
+    const first = Object.values(stored.p)[0];
+    if (first === undefined || !Array.isArray(first[0])) return stored as HistoryState;
+    // [buffer, bucket1m, bucket1h, bucket1d], each bucket as its 7 numbers or 0.
+    for (const [metric, [buffer, ...buckets]] of Object.entries(stored.p)) {
+      p[metric] = [...LEVELS.flatMap((_, l) => buckets[l] || EMPTY_BUCKET), ...buffer];
+    }
+    return { p, s: stored.s };
+  }
   for (const [metric, { buffer, open }] of Object.entries(stored.metrics)) {
-    const flat: number[] = [];
+    const m: number[] = [];
+    for (const level of LEVELS) {
+      const b = open[level];
+      m.push(
+        ...(b ? [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start] : EMPTY_BUCKET),
+      );
+    }
     let previous = 0;
     for (const [ts, value] of buffer) {
-      flat.push(ts - previous, value);
+      m.push(ts - previous, value);
       previous = ts;
     }
-    p[metric] = [
-      flat,
-      open["1m"] ? packBucket(open["1m"]) : 0,
-      open["1h"] ? packBucket(open["1h"]) : 0,
-      open["1d"] ? packBucket(open["1d"]) : 0,
-    ];
+    p[metric] = m;
   }
   return { p, s: stored.chunkSeq };
 }
 
-/** The buffer of a metric with no unflushed points (never changed: buffers are replaced). */
-const EMPTY_BUFFER: number[] = [];
+/** A metric with nothing yet: three buckets of count 0, no points. */
+const NO_METRIC: MetricHistory = new Array(BUFFER_AT).fill(0);
+const EMPTY_BUCKET = new Array(BUCKET_SLOTS).fill(0);
 
-function decodeBuffer(buffer: number[]): Array<[number, number]> {
-  const points = new Array<[number, number]>(buffer.length / 2);
+/** The unflushed points of `m` as `[ts, value]` pairs, in arrival order. */
+function decodeBuffer(m: MetricHistory): Array<[number, number]> {
+  const points = new Array<[number, number]>((m.length - BUFFER_AT) / 2);
   let ts = 0;
-  for (let i = 0; i < buffer.length; i += 2) {
-    ts += buffer[i];
-    points[i / 2] = [ts, buffer[i + 1]];
+  for (let i = BUFFER_AT; i < m.length; i += 2) {
+    ts += m[i];
+    points[(i - BUFFER_AT) / 2] = [ts, m[i + 1]];
   }
   return points;
 }
 
-function packBucket(b: Bucket): PackedBucket {
-  return [b.start, b.min, b.max, b.sum, b.count, b.last, b.lastTs - b.start];
-}
-
-function unpackBucket(b: PackedBucket): Bucket {
+function bucketOf(m: MetricHistory, at: number): Bucket {
   return {
-    start: b[0],
-    min: b[1],
-    max: b[2],
-    sum: b[3],
-    count: b[4],
-    last: b[5],
-    lastTs: b[0] + b[6],
+    start: m[at],
+    min: m[at + 1],
+    max: m[at + 2],
+    sum: m[at + 3],
+    count: m[at + 4],
+    last: m[at + 5],
+    lastTs: m[at] + m[at + 6],
   };
 }
 
-function copyBucket(b: PackedBucket | 0): PackedBucket | 0 {
-  return b === 0 ? 0 : b.slice() as PackedBucket;
-}
-
-/** Adds a point to a packed bucket in place (as `addPoint` does to a copy). */
-function addToPacked(b: PackedBucket, ts: number, value: number): void {
-  if (value < b[1]) b[1] = value;
-  if (value > b[2]) b[2] = value;
-  b[3] += value;
-  b[4] += 1;
-  if (ts >= b[0] + b[6]) {
-    b[5] = value;
-    b[6] = ts - b[0];
-  }
+function setBucket(m: MetricHistory, at: number, b: Bucket): void {
+  m[at] = b.start;
+  m[at + 1] = b.min;
+  m[at + 2] = b.max;
+  m[at + 3] = b.sum;
+  m[at + 4] = b.count;
+  m[at + 5] = b.last;
+  m[at + 6] = b.lastTs - b.start;
 }

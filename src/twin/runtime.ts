@@ -304,13 +304,12 @@ export class TwinRuntime {
   }
 }
 
-/** What the runtime keeps beside a twin's state in its activation: how the state is stored. */
-interface StoredMeta {
-  /** Chunks the stored record takes, so a shrinking record deletes its leftovers. */
-  chunks: number;
-  /** The JSON text the record was stored as, when it fits in the head (to pack it idle). */
-  json?: string;
-}
+/**
+ * What the runtime keeps beside a twin's state in its activation: the chunks its stored record
+ * takes, so a shrinking record deletes its leftovers. A number, not an object and not the stored
+ * text: whatever an activation keeps is copied by every garbage collection until the next turn.
+ */
+type StoredMeta = number;
 
 /** Twins as actors: how to load, read for, run and encode a turn. */
 class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
@@ -336,7 +335,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   async load(id: string): Promise<Loaded<TwinRecord> | null> {
     const stored = await loadTwin(this.#runtime.internals.kv, id);
     if (!stored) return null;
-    const meta: StoredMeta = { chunks: stored.chunks };
+    const meta: StoredMeta = stored.chunks;
     return { state: stored.state, versionstamp: stored.versionstamp, meta };
   }
 
@@ -345,8 +344,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
   }
 
   pack(loaded: Loaded<TwinRecord>): unknown {
-    // The JSON text just committed, when there is one: no second stringify.
-    return (loaded.meta as StoredMeta | undefined)?.json ?? JSON.stringify(loaded.state);
+    return JSON.stringify(loaded.state);
   }
 
   unpack(packed: unknown): TwinRecord {
@@ -427,13 +425,9 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
       return { state: current.state, replies: turn.replies, commit: null, release() {} };
     }
     const state = turn.state;
-    const previous = (current.meta as StoredMeta | undefined)?.chunks ?? chunkCount(current.state);
+    const previous = (current.meta as StoredMeta | undefined) ?? chunkCount(current.state);
     const encoded = encodeTwin(state, previous);
-    const head = encoded.mutations[0];
-    const meta: StoredMeta = {
-      chunks: encoded.chunks,
-      json: head.type === "set" && typeof head.value === "string" ? head.value : undefined,
-    };
+    const meta: StoredMeta = encoded.chunks;
     const mutations = encoded.mutations;
     let bytes = encoded.bytes;
     for (const command of turn.writes.commands) {
