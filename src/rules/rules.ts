@@ -322,12 +322,13 @@ function evalAnomaly(rule: AnomalyRule, state: RuleState, value: number): Firing
     mean: n === 0 ? value : mean + incr,
     variance: n === 0 ? 0 : (1 - rule.alpha) * (variance + diff * incr),
   };
-  const details = { metric: rule.metric, value, z, mean, std };
   if (!state.active && z >= rule.z) {
-    return { change: "raise", state: { ...next, active: true }, details };
+    next.active = true;
+    return { change: "raise", state: next, details: { metric: rule.metric, value, z, mean, std } };
   }
   if (state.active && z < rule.clearZ) {
-    return { change: "clear", state: { ...next, active: false }, details };
+    next.active = false;
+    return { change: "clear", state: next, details: { metric: rule.metric, value, z, mean, std } };
   }
   return { change: null, state: next };
 }

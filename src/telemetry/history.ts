@@ -128,15 +128,24 @@ export function keyId(key: Deno.KvKey): string {
   return JSON.stringify(key);
 }
 
+/** A rollup chunk to rewrite: its key, level, start and new contents. */
+export interface RollupChunkWrite {
+  /** The chunk's key. */
+  key: Deno.KvKey;
+  /** Its level. */
+  level: Level;
+  /** Its start (ms). */
+  start: number;
+  /** Its buckets. */
+  chunk: RollupChunk;
+}
+
 /** Collects a turn's history changes: raw chunks to write and rollup chunks to rewrite. */
 export class HistoryWriter {
   /** Raw chunks flushed in this turn. */
   readonly raw: RawChunk[] = [];
-  /** Rollup chunks changed in this turn, by key id. */
-  readonly rollups = new Map<
-    string,
-    { key: Deno.KvKey; level: Level; start: number; chunk: RollupChunk }
-  >();
+  // Rollup chunks changed in this turn, by key id (made on the first: most turns change none).
+  #rollups: Map<string, RollupChunkWrite> | undefined;
   #deviceId: string;
   #stored: ReadonlyMap<string, RollupChunk | null>;
   // The history state this turn made (a turn threads one through), and the metrics it copied.
@@ -147,6 +156,11 @@ export class HistoryWriter {
   constructor(deviceId: string, stored: ReadonlyMap<string, RollupChunk | null>) {
     this.#deviceId = deviceId;
     this.#stored = stored;
+  }
+
+  /** Rollup chunks changed in this turn. */
+  rollupChunks(): RollupChunkWrite[] {
+    return this.#rollups ? [...this.#rollups.values()] : [];
   }
 
   /**
@@ -242,12 +256,17 @@ export class HistoryWriter {
     const start = chunkStart(level, bucket.start);
     const key = rollupKey(this.#deviceId, metric, level, start);
     const id = keyId(key);
-    const pending = this.rollups.get(id);
+    const pending = this.#rollups?.get(id);
     let base: RollupChunk | null;
     if (pending) base = pending.chunk;
     else if (this.#stored.has(id)) base = this.#stored.get(id) ?? null;
     else throw new NeedsRead(key);
-    this.rollups.set(id, { key, level, start, chunk: mergeIntoChunk(base, bucket) });
+    (this.#rollups ??= new Map()).set(id, {
+      key,
+      level,
+      start,
+      chunk: mergeIntoChunk(base, bucket),
+    });
   }
 }
 

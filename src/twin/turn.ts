@@ -41,8 +41,13 @@ import {
   type Rule,
   ruleDue,
 } from "../rules/rules.ts";
-import { HistoryWriter, NeedsRead, type RawChunk } from "../telemetry/history.ts";
-import type { Level, RollupChunk } from "../telemetry/rollup.ts";
+import {
+  HistoryWriter,
+  NeedsRead,
+  type RawChunk,
+  type RollupChunkWrite,
+} from "../telemetry/history.ts";
+import type { RollupChunk } from "../telemetry/rollup.ts";
 import { type Connection, type PublicTwin, publicTwin, type TwinRecord } from "./state.ts";
 import {
   addTombstones,
@@ -195,7 +200,7 @@ export interface TurnResult {
     /** Raw telemetry chunks flushed. */
     rawChunks: RawChunk[];
     /** Rollup chunks changed. */
-    rollupChunks: Array<{ key: Deno.KvKey; level: Level; start: number; chunk: RollupChunk }>;
+    rollupChunks: RollupChunkWrite[];
   };
   /** What to release after commit. */
   notices: Notice[];
@@ -351,7 +356,7 @@ class Turn {
         staleTimer: this.#staleTimer,
         alarms: draft.alarms.size ? [...draft.alarms.values()] : [],
         rawChunks: this.#history?.raw ?? [],
-        rollupChunks: [...(this.#history?.rollups.values() ?? [])],
+        rollupChunks: this.#history?.rollupChunks() ?? [],
       },
       notices: draft.notices,
     };
