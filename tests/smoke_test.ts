@@ -1,5 +1,6 @@
 import { assertEquals } from "./assert.ts";
 import { testApp } from "./helpers.ts";
+import { ROOT, startV8Flags } from "./bench/common.ts";
 
 Deno.test("a device registers, reports telemetry, and its twin shows it", async () => {
   const t = await testApp();
@@ -13,4 +14,11 @@ Deno.test("a device registers, reports telemetry, and its twin shows it", async 
   } finally {
     await t.dispose();
   }
+});
+
+Deno.test("the benchmark runs the runtime with the V8 flags `deno task start` runs it with", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
+  const v8 = (task: string) => task.split(/\s+/).find((arg) => arg.startsWith("--v8-flags="));
+  assertEquals(v8(config.tasks.bench), v8(config.tasks.start));
+  assertEquals(startV8Flags(), v8(config.tasks.start));
 });

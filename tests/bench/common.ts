@@ -27,18 +27,27 @@ export const BENCH_SECRET = "bench-secret-0123456789abcdef";
 /** The operator token of every app and server the benchmark starts. */
 export const BENCH_ADMIN_TOKEN = "bench-admin-token-0123456789";
 
-/** `deno run` arguments starting the server as `deno task start` does (`flags` go first). */
+/**
+ * `deno run` arguments starting the server as `deno task start` does, read from `deno.json` so the
+ * two cannot drift apart (`flags` go before the script).
+ */
 export function serverArgs(flags: string[] = []): string[] {
-  return [
-    "run",
-    "--allow-net",
-    "--allow-env",
-    "--allow-read",
-    "--allow-write",
-    "--allow-sys",
-    ...flags,
-    "src/main.ts",
-  ];
+  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
+  const [deno, ...args] = String(config.tasks.start).trim().split(/\s+/);
+  const script = args.pop();
+  if (deno !== "deno" || args[0] !== "run" || script !== "src/main.ts") {
+    throw new Error(
+      `deno.json's start task is not "deno run … src/main.ts": ${config.tasks.start}`,
+    );
+  }
+  return [...args, ...flags, script];
+}
+
+/** The V8 flags `deno task start` runs with, plus `extra` (for a child that runs the runtime). */
+export function startV8Flags(extra: string[] = []): string {
+  const set = serverArgs().find((arg) => arg.startsWith("--v8-flags="));
+  const flags = [...(set ? set.slice("--v8-flags=".length).split(",") : []), ...extra];
+  return `--v8-flags=${flags.join(",")}`;
 }
 
 /**

@@ -4,7 +4,8 @@
  * 1. Raw Deno KV ceiling: batched atomics of twin head values from `encodeTwin`, first of fresh
  *    twins, then (after part 2) of the very heads the runtime wrote.
  * 2. The twin runtime in process: durable telemetry messages per second from 2,000 callers over
- *    10,000 twins, and its ratio to both raw ceilings.
+ *    10,000 twins, and its ratio to both raw ceilings. Then its bound: the same actor core under
+ *    the same load with turns that do nothing but rewrite the heads the runtime wrote (`core.ts`).
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
  * 5. MQTT: the real server process and a load generator process with 1,000 mqtt.js devices
@@ -37,6 +38,7 @@ import { historyThroughput, type QueryTiming } from "./history.ts";
 import { inChild } from "./child.ts";
 import { sseThroughput } from "./sse.ts";
 import { type RuntimeResult, runtimeThroughput } from "./runtime.ts";
+import { coreCeiling, type CoreResult } from "./core.ts";
 
 /** One row of the final table. */
 interface Row {
@@ -115,6 +117,7 @@ async function main(): Promise<void> {
   }
 
   let runtime: RuntimeResult | undefined;
+  let core: CoreResult | undefined;
   if (parts.has("runtime")) {
     log("\n[2/5] In-process runtime: runtime.telemetry() awaiting durable commit");
     runtime = await runtimeThroughput({
@@ -163,6 +166,29 @@ async function main(): Promise<void> {
       log("\n[1/5, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
       raw.push(await rawKvCeiling({ log, entries: r.heads }));
     }
+    log("\n[2/5, bound] The actor core with empty turns: each rewrites its head, checked");
+    core = await coreCeiling({ entries: r.heads });
+    log(
+      `  ${fmt(core.messagesPerSec)} msg/s, mean ${core.meanBatch.toFixed(1)} twins a commit` +
+        (core.cpu
+          ? `; CPU main thread ${core.cpu.main.toFixed(0)}%, others ${
+            core.cpu.others.toFixed(0)
+          }% [${core.cpu.top}]`
+          : ""),
+    );
+    log(`  runtime / actor core: ${pct(r.messagesPerSec / core.messagesPerSec)}`);
+    rows.push({
+      figure: "Actor core with empty turns (the runtime's bound)",
+      value: `${fmt(core.messagesPerSec)} msg/s`,
+      target: "-",
+      verdict: "info",
+    });
+    rows.push({
+      figure: "Runtime / actor core with empty turns",
+      value: pct(r.messagesPerSec / core.messagesPerSec),
+      target: "-",
+      verdict: "info",
+    });
   }
   const passNames = ["fresh twins", "runtime's heads"];
   raw.forEach((pass, i) => {
@@ -199,6 +225,18 @@ async function main(): Promise<void> {
           target: ">= 40%",
           verdict: verdict(ratio >= 0.4),
         });
+        if (core) {
+          log(
+            `  actor core with empty turns / raw ${name} (${passNames[i]}): ` +
+              pct(core.messagesPerSec / ceiling.entriesPerSec),
+          );
+          rows.push({
+            figure: `Actor core with empty turns / raw ${name} (${passNames[i]})`,
+            value: pct(core.messagesPerSec / ceiling.entriesPerSec),
+            target: "-",
+            verdict: "info",
+          });
+        }
       }
     });
   }

@@ -4,7 +4,7 @@
  * itself (mode `both`), then activates them all.
  * @module
  */
-import { removeDir, ROOT, tempDir } from "./common.ts";
+import { removeDir, ROOT, startV8Flags, tempDir } from "./common.ts";
 import type { MemoryChildResult } from "./memory_child.ts";
 
 /** Settings for {@link activatedMemory}. */
@@ -26,7 +26,8 @@ export async function activatedMemory(options: MemoryOptions = {}): Promise<Memo
       args: [
         "run",
         "--allow-all",
-        "--v8-flags=--expose-gc",
+        // As `deno task start` runs the runtime, and able to collect garbage before each reading.
+        startV8Flags(["--expose-gc"]),
         child,
         "both",
         `${dir}/memory.kv`,
