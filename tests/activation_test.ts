@@ -16,6 +16,8 @@ import { Directory } from "../src/actor/directory.ts";
 /** A message asks for `writes` KV sets; the state counts messages applied. */
 interface Msg {
   writes: number;
+  /** Changes nothing and writes nothing (answered with the count). */
+  noop?: boolean;
 }
 
 /** A counter actor stored under `["counter", id]`; each message writes `writes` extra keys. */
@@ -39,6 +41,10 @@ class Counter implements Behavior<number, Msg> {
 
   plan(id: string, current: Loaded<number>, messages: Msg[]): Plan<number> {
     this.turns.push(messages.length);
+    if (messages.every((m) => m.noop)) {
+      const replies = messages.map(() => ({ ok: true as const, value: current.state }));
+      return { state: current.state, replies, commit: null, release() {} };
+    }
     const state = current.state + messages.length;
     const mutations: Deno.KvMutation[] = [{ type: "set", key: ["counter", id], value: state }];
     messages.forEach((m, i) => {
@@ -122,6 +128,36 @@ Deno.test("activation: with the batcher's queue full, a turn waits to plan, and 
       ]);
       assertEquals(behavior.turns, [1, 1, 4]);
       assertEquals(replies, [2, 2, 5, 5, 5, 5]);
+    },
+    undefined,
+    { maxInFlight: 1, maxQueued: 1 },
+  );
+});
+
+Deno.test("activation: many actors waiting for the batcher's room all get their turn", async () => {
+  await withDirectory(
+    async (directory) => {
+      const ids = Array.from({ length: 50 }, (_, i) => `w${i}`);
+      await Promise.all(ids.map((id) => directory.send(id, { writes: 0 })));
+      // Three messages each, far more than the one queued request the batcher makes room for: a
+      // turn given room must take it, or those given room queue again behind the rest and nothing
+      // is left to commit and make room.
+      const sends = ids.flatMap((id) => [1, 2, 3].map(() => directory.send(id, { writes: 0 })));
+      // And turns with nothing to write, which queue nothing that could make room.
+      const idle = ids.map((id) => `i${id}`);
+      await Promise.all(idle.map((id) => directory.send(id, { writes: 0 })));
+      sends.push(...idle.map((id) => directory.send(id, { writes: 0, noop: true })));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const stuck = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error("Turns waiting for room never ran.")), 10_000);
+      });
+      try {
+        const replies = await Promise.race([Promise.all(sends), stuck]) as number[];
+        assertEquals(replies.length, 200);
+        for (const id of ids) assertEquals(await directory.send(id, { writes: 0 }), 5);
+      } finally {
+        clearTimeout(timer);
+      }
     },
     undefined,
     { maxInFlight: 1, maxQueued: 1 },

@@ -136,26 +136,96 @@ export class Activation<S, M> {
     this.#loaded = undefined;
   }
 
-  async #run(): Promise<void> {
+  /** Runs turns until the mailbox is empty: each turn, when it has ended, calls this again. */
+  #run(): void {
     this.#running = true;
-    try {
-      while (this.#mailbox.size > 0) {
-        // Plan only when the batcher can take the commit soon: a plan waiting in its queue holds
-        // memory, and messages arriving meanwhile join this turn.
-        this.#inTurn = true;
-        const room = this.#ctx.batcher.room();
-        if (room) await room;
-        const batch = this.#mailbox.take(this.#ctx.maxBatch);
-        try {
-          await this.#turn(batch);
-        } catch (error) {
-          await this.#failed(batch, error);
-        }
-        if (this.idle) this.#ctx.onIdle(this);
-      }
-    } finally {
+    if (this.#mailbox.size === 0) {
       this.#running = false;
+      return;
     }
+    // Plan only when the batcher can take the commit soon: a plan waiting in its queue holds
+    // memory, and messages arriving meanwhile join this turn.
+    this.#inTurn = true;
+    const room = this.#ctx.batcher.room();
+    // Once given room, take it: asking again would queue this turn behind later ones.
+    if (room) room.then(() => this.#takeTurn());
+    else this.#takeTurn();
+  }
+
+  #takeTurn(): void {
+    const batch = this.#mailbox.take(this.#ctx.maxBatch);
+    if (batch.length > 0) this.#begin(batch);
+    else {
+      this.#inTurn = false;
+      this.#ended();
+    }
+  }
+
+  /**
+   * Starts a turn. The common one — state in memory, planned without waiting, something to
+   * write — is planned here and handed to the batcher with a callback: no promise and no await
+   * per message. Anything else (loading, reads, nothing to write, a conflict) takes
+   * {@link #turn}.
+   */
+  #begin(batch: Envelope<M>[]): void {
+    const { behavior, batcher } = this.#ctx;
+    const loaded = this.#loaded;
+    if (!loaded) {
+      this.#after(this.#turn(batch), batch);
+      return;
+    }
+    let planned: Plan<S> | Promise<Plan<S>>;
+    try {
+      planned = behavior.plan(this.id, loaded, batch.map((envelope) => envelope.message));
+    } catch (error) {
+      this.#after(Promise.reject(error), batch);
+      return;
+    }
+    if (planned instanceof Promise || planned.commit === null) {
+      this.#after(this.#turn(batch, planned), batch);
+      return;
+    }
+    const plan = planned;
+    try {
+      batcher.enqueue(plan.commit!, (outcome, error) => {
+        if (outcome?.ok) {
+          try {
+            this.#committed(batch, loaded, plan, outcome.versionstamp);
+          } catch (settleError) {
+            this.#after(Promise.reject(settleError), batch);
+            return;
+          }
+          this.#ended();
+        } else if (outcome) {
+          this.#loaded = undefined; // Another writer got there first: reload and replay.
+          this.#after(this.#turn(batch), batch);
+        } else this.#after(Promise.reject(error), batch);
+      });
+    } catch (error) {
+      this.#after(Promise.reject(error), batch);
+    }
+  }
+
+  /** Goes on once a turn that took the long way has ended, failed or not. */
+  #after(turn: Promise<void>, batch: Envelope<M>[]): void {
+    turn.catch((error) => this.#failed(batch, error)).then(() => this.#ended());
+  }
+
+  /** After a turn: tells the directory when there is nothing left to do, then runs the next. */
+  #ended(): void {
+    if (this.idle) this.#ctx.onIdle(this);
+    this.#run();
+  }
+
+  /** A turn's commit is durable: keep its state, answer its messages, release its effects. */
+  #committed(batch: Envelope<M>[], loaded: Loaded<S>, plan: Plan<S>, versionstamp: string): void {
+    // Updated in place, not replaced: one object fewer per turn for the collector to copy.
+    loaded.state = plan.state;
+    loaded.versionstamp = versionstamp;
+    loaded.meta = plan.meta;
+    this.#inTurn = false;
+    this.#settle(batch, plan.replies);
+    plan.release();
   }
 
   /**
@@ -195,7 +265,8 @@ export class Activation<S, M> {
     return undefined;
   }
 
-  async #turn(batch: Envelope<M>[]): Promise<void> {
+  /** Runs a turn the long way: loading, waiting for its plan, replaying after conflicts. */
+  async #turn(batch: Envelope<M>[], first?: Plan<S> | Promise<Plan<S>>): Promise<void> {
     const { behavior, batcher, maxReplays } = this.#ctx;
     const messages = batch.map((envelope) => envelope.message);
     for (let replay = 0; replay <= maxReplays; replay++) {
@@ -215,7 +286,9 @@ export class Activation<S, M> {
         this.#fail(batch, behavior.notFound(this.id));
         return;
       }
-      const planned = behavior.plan(this.id, loaded, messages);
+      // The plan #begin already made for the state in memory, the first time round.
+      const planned = first ?? behavior.plan(this.id, loaded, messages);
+      first = undefined;
       const plan = planned instanceof Promise ? await planned : planned;
       if (plan.commit === null) {
         // Nothing to write, but the answers were computed from cached state: make sure no other
@@ -230,13 +303,7 @@ export class Activation<S, M> {
       }
       const outcome = await batcher.submit(plan.commit);
       if (outcome.ok) {
-        // Updated in place, not replaced: one object fewer per turn for the collector to copy.
-        loaded.state = plan.state;
-        loaded.versionstamp = outcome.versionstamp;
-        loaded.meta = plan.meta;
-        this.#inTurn = false;
-        this.#settle(batch, plan.replies);
-        plan.release();
+        this.#committed(batch, loaded, plan, outcome.versionstamp);
         return;
       }
       this.#loaded = undefined; // Another writer got there first: reload and replay.

@@ -40,10 +40,15 @@ export interface BatcherOptions {
   onBatch?(requests: number, ms: number): void;
 }
 
+/**
+ * Told how a request ended: its outcome, or `undefined` and the error when storage failed. Must
+ * not throw: it is called in a loop that tells every request of an atomic.
+ */
+export type CommitDone = (outcome: CommitOutcome | undefined, error?: unknown) => void;
+
 interface Pending {
   request: CommitRequest;
-  resolve(outcome: CommitOutcome): void;
-  reject(error: unknown): void;
+  done: CommitDone;
 }
 
 /** A single request larger than one KV atomic may be. */
@@ -65,6 +70,7 @@ export class CommitBatcher {
   #idle: Array<() => void> = [];
   // Callers of room() waiting for the queue to shrink, oldest first.
   #waiting: Array<() => void> = [];
+  #lookAgain = false;
   #options: Required<Omit<BatcherOptions, "onBatch">> & Pick<BatcherOptions, "onBatch">;
 
   /** Creates a batcher writing to `kv`. */
@@ -83,17 +89,26 @@ export class CommitBatcher {
 
   /** Commits a request in the next atomic with room; resolves once it is durable or refused. */
   submit(request: CommitRequest): Promise<CommitOutcome> {
+    return new Promise((resolve, reject) => {
+      this.enqueue(request, (outcome, error) => outcome ? resolve(outcome) : reject(error));
+    });
+  }
+
+  /**
+   * As {@link submit}, but tells `done` instead of settling a promise (the activation's common
+   * path, which runs a turn per message and would otherwise pay for a promise and an await).
+   * Throws {@link CommitTooLargeError} at once for a request no atomic can hold.
+   */
+  enqueue(request: CommitRequest, done: CommitDone): void {
     const o = this.#options;
     if (
       request.checks.length > o.maxChecks || request.mutations.length > o.maxMutations ||
       request.bytes > o.maxBytes
     ) {
-      return Promise.reject(new CommitTooLargeError(request.mutations.length, request.bytes));
+      throw new CommitTooLargeError(request.mutations.length, request.bytes);
     }
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ request, resolve, reject });
-      this.#pump();
-    });
+    this.#queue.push({ request, done });
+    this.#pump();
   }
 
   /**
@@ -143,10 +158,23 @@ export class CommitBatcher {
       count++;
     }
     const taken = this.#queue.splice(0, count);
-    // As many callers as requests left may now prepare theirs.
+    this.#makeRoom();
+    return taken;
+  }
+
+  /** Lets as many waiting callers go as the queue has room for. */
+  #makeRoom(): void {
     const free = this.#options.maxQueued - this.#queue.length;
     for (const resolve of this.#waiting.splice(0, Math.max(0, free))) resolve();
-    return taken;
+    // Some of those let go may end their turns with nothing to commit. Once they have run, look
+    // again: were the queue left empty with callers still waiting, no commit would make room.
+    if (this.#waiting.length > 0 && !this.#lookAgain) {
+      this.#lookAgain = true;
+      queueMicrotask(() => {
+        this.#lookAgain = false;
+        if (this.#queue.length < this.#options.maxQueued) this.#makeRoom();
+      });
+    }
   }
 
   async #commit(batch: Pending[]): Promise<void> {
@@ -155,12 +183,13 @@ export class CommitBatcher {
     try {
       result = await this.#attempt(batch);
     } catch (error) {
-      for (const item of batch) item.reject(error);
+      for (const item of batch) item.done(undefined, error);
       return;
     }
     if (result.ok) {
       this.#options.onBatch?.(batch.length, performance.now() - started);
-      for (const item of batch) item.resolve({ ok: true, versionstamp: result.versionstamp });
+      const outcome: CommitOutcome = { ok: true, versionstamp: result.versionstamp };
+      for (const item of batch) item.done(outcome);
       return;
     }
     // Some check failed: find whose, refuse those, and send the rest again first in line.
@@ -168,13 +197,13 @@ export class CommitBatcher {
     try {
       failed = await this.#failedChecks(batch);
     } catch (error) {
-      for (const item of batch) item.reject(error);
+      for (const item of batch) item.done(undefined, error);
       return;
     }
     // If no check reads as failed now, someone wrote and rewrote in between: refuse all so each
     // activation reloads, rather than loop.
     if (failed.size === 0) failed = new Set(batch);
-    for (const item of batch) if (failed.has(item)) item.resolve({ ok: false });
+    for (const item of batch) if (failed.has(item)) item.done({ ok: false });
     this.#queue.unshift(...batch.filter((item) => !failed.has(item)));
   }
 
