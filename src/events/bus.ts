@@ -10,29 +10,35 @@ export type Listener = (notice: Notice) => void;
 
 /** Publishes committed notices to subscribers by device id. */
 export class EventBus {
-  #byDevice = new Map<string, Set<Listener>>();
-  #all = new Set<Listener>();
+  // Listener lists are replaced, never changed in place, on (un)subscribe: publishing — once or
+  // more per message — walks a plain array, and a listener that unsubscribes while being told
+  // does not disturb the walk.
+  #byDevice = new Map<string, Listener[]>();
+  #all: Listener[] = [];
 
   /** Subscribes to one device's notices (or every device's with `"*"`); returns the unsubscribe. */
   subscribe(deviceId: string, listener: Listener): () => void {
     if (deviceId === "*") {
-      this.#all.add(listener);
-      return () => this.#all.delete(listener);
+      this.#all = [...this.#all, listener];
+      return () => {
+        this.#all = without(this.#all, listener);
+      };
     }
-    let set = this.#byDevice.get(deviceId);
-    if (!set) this.#byDevice.set(deviceId, set = new Set());
-    set.add(listener);
+    this.#byDevice.set(deviceId, [...(this.#byDevice.get(deviceId) ?? []), listener]);
     return () => {
-      set.delete(listener);
-      if (set.size === 0) this.#byDevice.delete(deviceId);
+      const left = without(this.#byDevice.get(deviceId) ?? [], listener);
+      if (left.length > 0) this.#byDevice.set(deviceId, left);
+      else this.#byDevice.delete(deviceId);
     };
   }
 
   /** Delivers a notice to its device's subscribers and to the catch-all ones. */
   publish(notice: Notice): void {
     const deviceId = "deviceId" in notice ? notice.deviceId : notice.command.deviceId;
-    for (const listener of this.#byDevice.get(deviceId) ?? []) listener(notice);
-    for (const listener of this.#all) listener(notice);
+    const device = this.#byDevice.get(deviceId);
+    if (device) { for (let i = 0; i < device.length; i++) device[i](notice); }
+    const all = this.#all;
+    for (let i = 0; i < all.length; i++) all[i](notice);
   }
 
   /**
@@ -62,4 +68,10 @@ export class EventBus {
       signal?.addEventListener("abort", onAbort);
     });
   }
+}
+
+/** A copy of `list` without one occurrence of `listener` (a listener may be subscribed twice). */
+function without(list: Listener[], listener: Listener): Listener[] {
+  const i = list.indexOf(listener);
+  return i < 0 ? list : [...list.slice(0, i), ...list.slice(i + 1)];
 }

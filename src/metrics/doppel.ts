@@ -79,15 +79,19 @@ export class DoppelMetrics {
     );
   }
 
-  // Label sets by "transport|type|outcome", so the hot path does not build them per message.
-  #labels = new Map<string, Labels>();
+  // Label sets by transport, type and outcome, so the hot path neither builds them nor a key
+  // string per message.
+  #labels = new Map<string, Map<string, Map<string, Labels>>>();
 
   /** Counts one message's outcome. */
   message(message: TwinMessage, outcome: string, reply: unknown): void {
     const transport = ("via" in message && message.via) || "internal";
-    const id = `${transport}|${message.type}|${outcome}`;
-    let labels = this.#labels.get(id);
-    if (!labels) this.#labels.set(id, labels = { transport, type: message.type, outcome });
+    let byType = this.#labels.get(transport);
+    if (!byType) this.#labels.set(transport, byType = new Map());
+    let byOutcome = byType.get(message.type);
+    if (!byOutcome) byType.set(message.type, byOutcome = new Map());
+    let labels = byOutcome.get(outcome);
+    if (!labels) byOutcome.set(outcome, labels = { transport, type: message.type, outcome });
     this.messages.inc(labels);
     if (message.type === "telemetry" && outcome === "ok") {
       const { accepted, duplicates } = reply as { accepted: number; duplicates: number };
@@ -96,12 +100,13 @@ export class DoppelMetrics {
     }
   }
 
-  #points = new Map<string, Labels>();
+  #points = new Map<string, Map<string, Labels>>();
 
   #pointLabels(transport: string, result: string): Labels {
-    const id = `${transport}|${result}`;
-    let labels = this.#points.get(id);
-    if (!labels) this.#points.set(id, labels = { transport, result });
+    let byResult = this.#points.get(transport);
+    if (!byResult) this.#points.set(transport, byResult = new Map());
+    let labels = byResult.get(result);
+    if (!labels) byResult.set(result, labels = { transport, result });
     return labels;
   }
 

@@ -98,13 +98,19 @@ export interface RawChunk {
 }
 
 /** Thrown inside a turn that needs a stored rollup chunk it was not given. */
-export class NeedsRead extends Error {
+export class NeedsRead {
+  // Not an Error: it is thrown for every twin at a rollup boundary and always caught by the turn,
+  // so capturing a stack trace for it would be waste.
   /** The KV key to read. */
   readonly key: Deno.KvKey;
   /** Names the missing key. */
   constructor(key: Deno.KvKey) {
-    super(`The turn needs ${JSON.stringify(key)} read first.`);
     this.key = key;
+  }
+
+  /** What it asks for, should one ever escape the turn. */
+  get message(): string {
+    return `The turn needs ${JSON.stringify(this.key)} read first.`;
   }
 }
 

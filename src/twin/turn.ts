@@ -667,8 +667,10 @@ class Turn {
     }
     const batch = items.length > 1;
     // Items as the telemetry notice carries them, and their message ids beside them.
-    const parsed: Array<{ ts: number; values: JsonObject }> = [];
-    const ids: Array<string | undefined> = [];
+    // Sized up front: most batches are one reading, and a grown array wastes its spare room.
+    const parsed = new Array<{ ts: number; values: JsonObject }>(items.length);
+    const ids = new Array<string | undefined>(items.length);
+    let count = 0;
     let issues: FieldIssue[] | undefined;
     for (let index = 0; index < items.length; index++) {
       const item = items[index];
@@ -704,8 +706,8 @@ class Turn {
       if (issues === undefined && result.success) {
         const sane = time !== undefined && time !== null &&
           time <= now + TWIN_LIMITS.maxFutureSkewMs && time >= now - TWIN_LIMITS.maxPastSkewMs;
-        parsed.push({ ts: sane ? time : now, values: result.data as JsonObject });
-        ids.push(id as string | undefined);
+        parsed[count] = { ts: sane ? time : now, values: result.data as JsonObject };
+        ids[count++] = id as string | undefined;
       }
     }
     if (issues !== undefined) {
