@@ -736,13 +736,11 @@ class Turn {
       accepted++;
       if (applied !== parsed) applied.push(item);
       const telemetry = draft.state.telemetry;
-      const lastAt = telemetry.lastAt ? Date.parse(telemetry.lastAt) : -Infinity;
+      const at = item.ts === now ? this.#nowIso : new Date(item.ts).toISOString();
       // An item older than what is already shown goes to history only: `last` never goes back.
-      if (item.ts >= lastAt) {
-        this.#set(draft, "telemetry", {
-          last: { ...telemetry.last, ...item.values },
-          lastAt: item.ts === now ? this.#nowIso : new Date(item.ts).toISOString(),
-        });
+      // (ISO 8601 times of the same form compare as text, without parsing one per reading.)
+      if (telemetry.lastAt === null || at >= telemetry.lastAt) {
+        this.#set(draft, "telemetry", { last: { ...telemetry.last, ...item.values }, lastAt: at });
       }
       if (keepHistory) this.#keepHistory(draft, item.ts, item.values);
       for (const rule of kind.rules) {
