@@ -236,3 +236,111 @@ Deno.test("activation: when storage fails for the first half of a split batch, t
     assertEquals((await kv.get(["counter", "d"])).value, 1);
   }, failingAfterOne);
 });
+
+/** A counter under `["c", id]` whose plan for a `read` message first waits (as a KV read would). */
+class WaitingCounter implements Behavior<number, string> {
+  planning = 0;
+  maxPlanning = 0;
+  plans = 0;
+  #kv: Deno.Kv;
+
+  constructor(kv: Deno.Kv) {
+    this.#kv = kv;
+  }
+
+  async load(id: string): Promise<Loaded<number>> {
+    const entry = await this.#kv.get<number>(["c", id]);
+    return { state: entry.value ?? 0, versionstamp: entry.versionstamp ?? "" };
+  }
+
+  isCurrent(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  plan(
+    id: string,
+    current: Loaded<number>,
+    messages: string[],
+  ): Plan<number> | Promise<Plan<number>> {
+    this.plans++;
+    if (!messages.includes("read")) return this.#plan(id, current, messages);
+    return (async () => {
+      this.maxPlanning = Math.max(this.maxPlanning, ++this.planning);
+      await this.#kv.get(["c", "elsewhere"]);
+      this.planning--;
+      return this.#plan(id, current, messages);
+    })();
+  }
+
+  #plan(id: string, current: Loaded<number>, messages: string[]): Plan<number> {
+    const state = current.state + messages.length;
+    // `clash` checks a versionstamp that is never current: its every commit conflicts.
+    const versionstamp = messages[0] === "clash"
+      ? "00000000000000000001"
+      : current.versionstamp || null;
+    return {
+      state,
+      replies: messages.map(() => ({ ok: true, value: state })),
+      commit: {
+        checks: [{ key: ["c", id], versionstamp }],
+        mutations: [{ type: "set", key: ["c", id], value: state }],
+        bytes: 64,
+      },
+      release() {},
+    };
+  }
+
+  notFound(id: string): Error {
+    return new Error(`No ${id}.`);
+  }
+
+  tooLarge(error: CommitTooLargeError): Error {
+    return error;
+  }
+}
+
+Deno.test("activation: turns let through the batcher's room hold their place until their request is queued", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const behavior = new WaitingCounter(kv);
+    const batcher = new CommitBatcher(kv, { maxInFlight: 1, maxQueued: 1 });
+    const directory = new Directory<number, string>({ behavior, batcher, now: () => Date.now() });
+    const ids = Array.from({ length: 40 }, (_, i) => `a${i}`);
+    await Promise.all([...ids, "s0", "s1"].map((id) => directory.send(id, "warm")));
+    behavior.maxPlanning = 0;
+    // s0's commit goes in flight and s1 fills the queue; 40 turns whose plans must wait for a
+    // read wait for room. Let through one by one, they must not all be planning at once.
+    await Promise.all([
+      directory.send("s0", "m"),
+      directory.send("s1", "m"),
+      ...ids.map((id) => directory.send(id, "read")),
+    ]);
+    assert(behavior.maxPlanning <= 2, `${behavior.maxPlanning} turns were planning at once`);
+    await batcher.drain();
+  } finally {
+    kv.close();
+  }
+});
+
+for (const maxReplays of [0, 2]) {
+  Deno.test(`activation: with maxReplays ${maxReplays}, a turn that always conflicts is planned ${maxReplays + 1} time${maxReplays === 0 ? "" : "s"}`, async () => {
+    const kv = await Deno.openKv(":memory:");
+    try {
+      const behavior = new WaitingCounter(kv);
+      const batcher = new CommitBatcher(kv);
+      const directory = new Directory<number, string>({
+        behavior,
+        batcher,
+        maxReplays,
+        now: () => Date.now(),
+      });
+      await directory.send("a", "warm"); // Loaded, so the next turn is planned straight away.
+      behavior.plans = 0;
+      await assertRejects(() => directory.send("a", "clash"));
+      assertEquals(behavior.plans, maxReplays + 1);
+      await batcher.drain();
+    } finally {
+      kv.close();
+    }
+  });
+}

@@ -82,6 +82,9 @@ export class Activation<S, M> {
   #packed: { data: unknown; versionstamp: string; meta: unknown } | undefined;
   #running = false;
   #inTurn = false;
+  // Whether this turn holds a place the batcher's room() gave it (handed back once its request
+  // is queued, or when the turn ends).
+  #holding = false;
   #lastUsed: number;
 
   /** Creates an idle, not yet loaded activation. */
@@ -146,6 +149,7 @@ export class Activation<S, M> {
     // Plan only when the batcher can take the commit soon: a plan waiting in its queue holds
     // memory, and messages arriving meanwhile join this turn.
     this.#inTurn = true;
+    this.#holding = true;
     const room = this.#ctx.batcher.room();
     // Once given room, take it: asking again would queue this turn behind later ones.
     if (room) room.then(() => this.#takeTurn());
@@ -198,9 +202,10 @@ export class Activation<S, M> {
           this.#ended();
         } else if (outcome) {
           this.#loaded = undefined; // Another writer got there first: reload and replay.
-          this.#after(this.#turn(batch), batch);
+          this.#after(this.#turn(batch, undefined, 1), batch);
         } else this.#after(Promise.reject(error), batch);
       });
+      this.#giveBack(); // Its request is in the queue now.
     } catch (error) {
       this.#after(Promise.reject(error), batch);
     }
@@ -213,8 +218,16 @@ export class Activation<S, M> {
 
   /** After a turn: tells the directory when there is nothing left to do, then runs the next. */
   #ended(): void {
+    this.#giveBack();
     if (this.idle) this.#ctx.onIdle(this);
     this.#run();
+  }
+
+  /** Hands the place room() gave this turn to the next in line, if it still holds it. */
+  #giveBack(): void {
+    if (!this.#holding) return;
+    this.#holding = false;
+    this.#ctx.batcher.giveBack();
   }
 
   /** A turn's commit is durable: keep its state, answer its messages, release its effects. */
@@ -265,11 +278,18 @@ export class Activation<S, M> {
     return undefined;
   }
 
-  /** Runs a turn the long way: loading, waiting for its plan, replaying after conflicts. */
-  async #turn(batch: Envelope<M>[], first?: Plan<S> | Promise<Plan<S>>): Promise<void> {
+  /**
+   * Runs a turn the long way: loading, waiting for its plan, replaying after conflicts (counting
+   * from `replayed`, for a turn whose first commit already conflicted).
+   */
+  async #turn(
+    batch: Envelope<M>[],
+    first?: Plan<S> | Promise<Plan<S>>,
+    replayed = 0,
+  ): Promise<void> {
     const { behavior, batcher, maxReplays } = this.#ctx;
     const messages = batch.map((envelope) => envelope.message);
-    for (let replay = 0; replay <= maxReplays; replay++) {
+    for (let replay = replayed; replay <= maxReplays; replay++) {
       if (this.#loaded === undefined && this.#packed && behavior.unpack) {
         this.#loaded = {
           state: behavior.unpack(this.#packed.data),
@@ -301,7 +321,9 @@ export class Activation<S, M> {
         this.#settle(batch, plan.replies);
         return;
       }
-      const outcome = await batcher.submit(plan.commit);
+      const submitted = batcher.submit(plan.commit);
+      this.#giveBack();
+      const outcome = await submitted;
       if (outcome.ok) {
         this.#committed(batch, loaded, plan, outcome.versionstamp);
         return;

@@ -70,7 +70,8 @@ export class CommitBatcher {
   #idle: Array<() => void> = [];
   // Callers of room() waiting for the queue to shrink, oldest first.
   #waiting: Array<() => void> = [];
-  #lookAgain = false;
+  // Callers room() has let through whose request is not queued yet (see giveBack).
+  #given = 0;
   #options: Required<Omit<BatcherOptions, "onBatch">> & Pick<BatcherOptions, "onBatch">;
 
   /** Creates a batcher writing to `kv`. */
@@ -113,13 +114,26 @@ export class CommitBatcher {
 
   /**
    * `undefined` when the queue has room for another request now; otherwise a promise that
-   * resolves once it has. Callers about to prepare a request wait here first, so work is not
+   * resolves once it has. Either way the caller then holds a place, to hand on with
+   * {@link giveBack}. Callers about to prepare a request wait here first, so work is not
    * prepared long before an atomic can take it: a request prepared late holds its memory for
    * less time, and messages that arrive meanwhile join the same request.
    */
   room(): Promise<void> | undefined {
-    if (this.#queue.length + this.#waiting.length < this.#options.maxQueued) return undefined;
+    if (this.#queue.length + this.#given + this.#waiting.length < this.#options.maxQueued) {
+      this.#given++;
+      return undefined;
+    }
     return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  /**
+   * A caller {@link room} let through has queued its request, or will queue none (its turn had
+   * nothing to write, or failed): its place goes to the next in line. Call it once per place.
+   */
+  giveBack(): void {
+    this.#given--;
+    this.#makeRoom();
   }
 
   /** Resolves once nothing is queued or in flight. */
@@ -164,17 +178,11 @@ export class CommitBatcher {
 
   /** Lets as many waiting callers go as the queue has room for. */
   #makeRoom(): void {
-    const free = this.#options.maxQueued - this.#queue.length;
-    for (const resolve of this.#waiting.splice(0, Math.max(0, free))) resolve();
-    // Some of those let go may end their turns with nothing to commit. Once they have run, look
-    // again: were the queue left empty with callers still waiting, no commit would make room.
-    if (this.#waiting.length > 0 && !this.#lookAgain) {
-      this.#lookAgain = true;
-      queueMicrotask(() => {
-        this.#lookAgain = false;
-        if (this.#queue.length < this.#options.maxQueued) this.#makeRoom();
-      });
-    }
+    // Places already given count as taken: a turn let through may still be planning.
+    const free = this.#options.maxQueued - this.#queue.length - this.#given;
+    const released = this.#waiting.splice(0, Math.max(0, free));
+    this.#given += released.length;
+    for (const resolve of released) resolve();
   }
 
   async #commit(batch: Pending[]): Promise<void> {
