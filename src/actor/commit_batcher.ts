@@ -146,13 +146,19 @@ export class CommitBatcher {
     while (this.#inFlight < this.#options.maxInFlight && this.#queue.length > 0) {
       const batch = this.#take();
       this.#inFlight++;
-      this.#commit(batch).finally(() => {
-        this.#inFlight--;
-        this.#pump();
-        if (this.#queue.length === 0 && this.#inFlight === 0) {
-          for (const resolve of this.#idle.splice(0)) resolve();
-        }
-      });
+      this.#commit(batch);
+    }
+  }
+
+  /**
+   * An atomic is done with: its place goes to the next one at once, before its requests are told
+   * (telling them runs their turns' follow-ups, and the store should not sit idle meanwhile).
+   */
+  #finished(): void {
+    this.#inFlight--;
+    this.#pump();
+    if (this.#queue.length === 0 && this.#inFlight === 0) {
+      for (const resolve of this.#idle.splice(0)) resolve();
     }
   }
 
@@ -185,16 +191,19 @@ export class CommitBatcher {
     for (const resolve of released) resolve();
   }
 
+  /** Commits one atomic and tells its requests how it went. Never rejects. */
   async #commit(batch: Pending[]): Promise<void> {
     const started = performance.now();
     let result: Deno.KvCommitResult | Deno.KvCommitError;
     try {
       result = await this.#attempt(batch);
     } catch (error) {
+      this.#finished();
       for (const item of batch) item.done(undefined, error);
       return;
     }
     if (result.ok) {
+      this.#finished();
       this.#options.onBatch?.(batch.length, performance.now() - started);
       const outcome: CommitOutcome = { ok: true, versionstamp: result.versionstamp };
       for (const item of batch) item.done(outcome);
@@ -205,14 +214,16 @@ export class CommitBatcher {
     try {
       failed = await this.#failedChecks(batch);
     } catch (error) {
+      this.#finished();
       for (const item of batch) item.done(undefined, error);
       return;
     }
     // If no check reads as failed now, someone wrote and rewrote in between: refuse all so each
     // activation reloads, rather than loop.
     if (failed.size === 0) failed = new Set(batch);
-    for (const item of batch) if (failed.has(item)) item.done({ ok: false });
     this.#queue.unshift(...batch.filter((item) => !failed.has(item)));
+    this.#finished();
+    for (const item of batch) if (failed.has(item)) item.done({ ok: false });
   }
 
   async #attempt(batch: Pending[]): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
