@@ -30,11 +30,8 @@ export class Mailbox<M> {
 
   /** Removes and returns up to `max` messages from the front. */
   take(max: number): Envelope<M>[] {
-    if (this.#items.length > max) return this.#items.splice(0, max);
-    // All of them (as nearly always): hand over the array itself rather than copy it.
-    const items = this.#items;
-    this.#items = [];
-    return items;
+    // A copy of the few taken; the box keeps its own array and the room it has grown.
+    return this.#items.splice(0, max);
   }
 
   /** Answers every waiting message with `error` and empties the box. */
