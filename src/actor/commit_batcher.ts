@@ -83,7 +83,7 @@ export class CommitBatcher {
       maxBytes: options.maxBytes ?? 760 * 1024,
       maxInFlight: options.maxInFlight ?? 2,
       maxRetries: options.maxRetries ?? 100,
-      maxQueued: options.maxQueued ?? 2 * (options.maxChecks ?? 100),
+      maxQueued: options.maxQueued ?? (options.maxInFlight ?? 2) * (options.maxChecks ?? 100),
       onBatch: options.onBatch,
     };
   }
