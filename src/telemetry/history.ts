@@ -112,6 +112,11 @@ export class NeedsRead {
   get message(): string {
     return `The turn needs ${JSON.stringify(this.key)} read first.`;
   }
+
+  /** The message, for logs that print what was thrown. */
+  toString(): string {
+    return this.message;
+  }
 }
 
 /** The key of a stored rollup chunk. */

@@ -782,13 +782,13 @@ class Turn {
     for (const metric in values) {
       const value = numericValue(values[metric]);
       if (value === undefined || (fields && !fields.has(metric))) continue;
-      this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
+      if (!this.#history) {
+        this.#history = new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
+      }
+      // With the first point kept: fields the kind no longer keeps history for go (a no-op once
+      // they have).
+      if (fields && history === before) history = this.#history.keepOnly(history, fields);
       history = this.#history.add(history, metric, ts, value);
-    }
-    if (fields) {
-      // Fields the kind no longer keeps history for go (a no-op once they have).
-      this.#history ??= new HistoryWriter(draft.state.id, this.#reads.rollupChunks ?? NO_CHUNKS);
-      history = this.#history.keepOnly(history, fields);
     }
     if (history !== before) this.#set(draft, "history", history);
   }
