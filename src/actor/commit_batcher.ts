@@ -3,6 +3,8 @@
  * flight go out together in the next one, within Deno KV's limits, so throughput does not stop at
  * one KV commit per message. Each request keeps its own checks: when an atomic fails, the
  * requests whose checks no longer hold are answered `conflict` and the others are sent again.
+ * It also paces its callers: `room()` hands out places in the queue (as many as the commits in
+ * flight will take), so turns are planned just before an atomic can carry them, not long before.
  * @module
  */
 
