@@ -331,6 +331,19 @@ Deno.test("turn: a validation failure leaves state untouched and names the field
   assert(mixed.replies[0].ok && !mixed.replies[1].ok && mixed.replies[2].ok);
   assertEquals(mixed.state.desired, { on: true, level: 10, label: "hall" });
   assertEquals(mixed.state.version, r1.version + 2);
+  // Also when the first one fails: the turn goes back to where it started, then goes on.
+  // (Over HTTP, the bad reading first marks the device seen and online: that goes back too.)
+  const firstBad = turn(r1, [
+    { type: "telemetry", items: [{ lux: "bright" }], via: "http" },
+    { type: "desired", patch: { label: "hall" } },
+  ]);
+  assert(!firstBad.replies[0].ok && firstBad.replies[1].ok);
+  assertEquals(firstBad.state.desired, { on: true, label: "hall" });
+  assertEquals(firstBad.state.version, r1.version + 1);
+  assertEquals(firstBad.state.connection, r1.connection);
+  assertEquals(firstBad.state.presence, r1.presence);
+  assertEquals(firstBad.writes.events, [], "no presence event from the refused reading");
+  assertEquals(r1.desired, { on: true }, "the record the turn started from is untouched");
 
   // Telemetry failing validation names the field and changes nothing.
   const tele = turn(r1, [{ type: "telemetry", items: [{ lux: "bright" }] }]);

@@ -225,7 +225,8 @@ export function runTurn(
 ): TurnResult {
   const turn = new Turn(record, reads, env);
   try {
-    const replies = messages.map((message) => turn.apply(message));
+    const replies = new Array<Reply>(messages.length);
+    for (let i = 0; i < messages.length; i++) replies[i] = turn.apply(messages[i]);
     return turn.finish(replies, record);
   } catch (error) {
     if (!(error instanceof NeedsRead)) throw error;
@@ -275,8 +276,11 @@ class Turn {
   #idem: Map<string, CommandRecord> | undefined;
   #history: HistoryWriter | undefined;
   #nowIso: string;
+  #record: TwinRecord;
+  #applied = 0;
 
   constructor(record: TwinRecord, reads: TurnReads, env: TurnEnv) {
+    this.#record = record;
     this.#nowIso = env.nowIso ?? new Date(env.now).toISOString();
     this.#draft = {
       state: record,
@@ -297,13 +301,17 @@ class Turn {
   /** Applies one message on a copy of the draft; the copy is kept only if it succeeds. */
   apply(message: TwinMessage): Reply {
     const draft = this.#draft;
-    const saved = checkpoint(draft);
+    // The first message (most turns have one) goes back, if it fails, to the turn's start,
+    // which needs no checkpoint taken.
+    const saved = this.#applied++ === 0 ? undefined : checkpoint(draft);
+    draft.owned = false;
+    draft.ownedRules = false;
     this.#history?.checkpoint();
     try {
       const value = this.#dispatch(draft, message);
       return { ok: true, value };
     } catch (error) {
-      rollback(draft, saved);
+      rollback(draft, saved ?? startOf(this.#record));
       if (error instanceof DoppelError) return { ok: false, error };
       throw error;
     }
@@ -1249,6 +1257,17 @@ interface Checkpoint {
 }
 
 /** Marks where a draft stands; from here on its record is copied before it is changed. */
+/** Where a turn's draft starts (see `Turn`'s constructor). */
+function startOf(record: TwinRecord): Checkpoint {
+  return {
+    state: record,
+    changed: false,
+    commands: NO_COMMANDS,
+    alarms: NO_ALARMS,
+    lengths: [0, 0, 0, 0],
+  };
+}
+
 function checkpoint(draft: Draft): Checkpoint {
   draft.owned = false;
   draft.ownedRules = false;
