@@ -18,12 +18,20 @@ interface Msg {
   writes: number;
   /** Changes nothing and writes nothing (answered with the count). */
   noop?: boolean;
+  /** Its turn is planned only after a wait, as for a KV read. */
+  read?: boolean;
+  /** Its turn checks a versionstamp that is never current: its every commit conflicts. */
+  clash?: boolean;
 }
 
 /** A counter actor stored under `["counter", id]`; each message writes `writes` extra keys. */
 class Counter implements Behavior<number, Msg> {
   released = 0;
+  /** Messages in each turn planned, in order. */
   turns: number[] = [];
+  /** Turns planning (waiting for their read) now, and the most at once. */
+  planning = 0;
+  maxPlanning = 0;
   #kv: Deno.Kv;
 
   constructor(kv: Deno.Kv) {
@@ -39,8 +47,18 @@ class Counter implements Behavior<number, Msg> {
     return Promise.resolve(true);
   }
 
-  plan(id: string, current: Loaded<number>, messages: Msg[]): Plan<number> {
+  plan(id: string, current: Loaded<number>, messages: Msg[]): Plan<number> | Promise<Plan<number>> {
     this.turns.push(messages.length);
+    if (!messages.some((m) => m.read)) return this.#plan(id, current, messages);
+    return (async () => {
+      this.maxPlanning = Math.max(this.maxPlanning, ++this.planning);
+      await this.#kv.get(["elsewhere"]);
+      this.planning--;
+      return this.#plan(id, current, messages);
+    })();
+  }
+
+  #plan(id: string, current: Loaded<number>, messages: Msg[]): Plan<number> {
     if (messages.every((m) => m.noop)) {
       const replies = messages.map(() => ({ ok: true as const, value: current.state }));
       return { state: current.state, replies, commit: null, release() {} };
@@ -56,7 +74,12 @@ class Counter implements Behavior<number, Msg> {
       state,
       replies: messages.map(() => ({ ok: true, value: state })),
       commit: {
-        checks: [{ key: ["counter", id], versionstamp: current.versionstamp || null }],
+        checks: [{
+          key: ["counter", id],
+          versionstamp: messages.some((m) => m.clash)
+            ? "00000000000000000001"
+            : current.versionstamp || null,
+        }],
         mutations,
         bytes: 64 * mutations.length,
       },
@@ -79,6 +102,7 @@ async function withDirectory(
   fn: (d: Directory<number, Msg>, behavior: Counter, kv: Deno.Kv) => Promise<void>,
   kvOverride?: (kv: Deno.Kv) => Deno.Kv,
   options: BatcherOptions = {},
+  maxReplays?: number,
 ): Promise<void> {
   const kv = await Deno.openKv(":memory:");
   try {
@@ -88,7 +112,12 @@ async function withDirectory(
       maxMutations: 10,
       ...options,
     });
-    const directory = new Directory<number, Msg>({ behavior, batcher, now: () => Date.now() });
+    const directory = new Directory<number, Msg>({
+      behavior,
+      batcher,
+      maxReplays,
+      now: () => Date.now(),
+    });
     await fn(directory, behavior, kv);
     await batcher.drain();
   } finally {
@@ -237,110 +266,37 @@ Deno.test("activation: when storage fails for the first half of a split batch, t
   }, failingAfterOne);
 });
 
-/** A counter under `["c", id]` whose plan for a `read` message first waits (as a KV read would). */
-class WaitingCounter implements Behavior<number, string> {
-  planning = 0;
-  maxPlanning = 0;
-  plans = 0;
-  #kv: Deno.Kv;
-
-  constructor(kv: Deno.Kv) {
-    this.#kv = kv;
-  }
-
-  async load(id: string): Promise<Loaded<number>> {
-    const entry = await this.#kv.get<number>(["c", id]);
-    return { state: entry.value ?? 0, versionstamp: entry.versionstamp ?? "" };
-  }
-
-  isCurrent(): Promise<boolean> {
-    return Promise.resolve(true);
-  }
-
-  plan(
-    id: string,
-    current: Loaded<number>,
-    messages: string[],
-  ): Plan<number> | Promise<Plan<number>> {
-    this.plans++;
-    if (!messages.includes("read")) return this.#plan(id, current, messages);
-    return (async () => {
-      this.maxPlanning = Math.max(this.maxPlanning, ++this.planning);
-      await this.#kv.get(["c", "elsewhere"]);
-      this.planning--;
-      return this.#plan(id, current, messages);
-    })();
-  }
-
-  #plan(id: string, current: Loaded<number>, messages: string[]): Plan<number> {
-    const state = current.state + messages.length;
-    // `clash` checks a versionstamp that is never current: its every commit conflicts.
-    const versionstamp = messages[0] === "clash"
-      ? "00000000000000000001"
-      : current.versionstamp || null;
-    return {
-      state,
-      replies: messages.map(() => ({ ok: true, value: state })),
-      commit: {
-        checks: [{ key: ["c", id], versionstamp }],
-        mutations: [{ type: "set", key: ["c", id], value: state }],
-        bytes: 64,
-      },
-      release() {},
-    };
-  }
-
-  notFound(id: string): Error {
-    return new Error(`No ${id}.`);
-  }
-
-  tooLarge(error: CommitTooLargeError): Error {
-    return error;
-  }
-}
-
 Deno.test("activation: turns let through the batcher's room hold their place until their request is queued", async () => {
-  const kv = await Deno.openKv(":memory:");
-  try {
-    const behavior = new WaitingCounter(kv);
-    const batcher = new CommitBatcher(kv, { maxInFlight: 1, maxQueued: 1 });
-    const directory = new Directory<number, string>({ behavior, batcher, now: () => Date.now() });
-    const ids = Array.from({ length: 40 }, (_, i) => `a${i}`);
-    await Promise.all([...ids, "s0", "s1"].map((id) => directory.send(id, "warm")));
-    behavior.maxPlanning = 0;
-    // s0's commit goes in flight and s1 fills the queue; 40 turns whose plans must wait for a
-    // read wait for room. Let through one by one, they must not all be planning at once.
-    await Promise.all([
-      directory.send("s0", "m"),
-      directory.send("s1", "m"),
-      ...ids.map((id) => directory.send(id, "read")),
-    ]);
-    assert(behavior.maxPlanning <= 2, `${behavior.maxPlanning} turns were planning at once`);
-    await batcher.drain();
-  } finally {
-    kv.close();
-  }
+  await withDirectory(
+    async (directory, behavior) => {
+      const ids = Array.from({ length: 40 }, (_, i) => `a${i}`);
+      await Promise.all([...ids, "s0", "s1"].map((id) => directory.send(id, { writes: 0 })));
+      // s0's commit goes in flight and s1 fills the queue; 40 turns whose plans must wait for a
+      // read wait for room. Let through one by one, they must not all be planning at once.
+      await Promise.all([
+        directory.send("s0", { writes: 0 }),
+        directory.send("s1", { writes: 0 }),
+        ...ids.map((id) => directory.send(id, { writes: 0, read: true })),
+      ]);
+      assert(behavior.maxPlanning <= 2, `${behavior.maxPlanning} turns were planning at once`);
+    },
+    undefined,
+    { maxInFlight: 1, maxQueued: 1 },
+  );
 });
 
 for (const maxReplays of [0, 2]) {
   Deno.test(`activation: with maxReplays ${maxReplays}, a turn that always conflicts is planned ${maxReplays + 1} time${maxReplays === 0 ? "" : "s"}`, async () => {
-    const kv = await Deno.openKv(":memory:");
-    try {
-      const behavior = new WaitingCounter(kv);
-      const batcher = new CommitBatcher(kv);
-      const directory = new Directory<number, string>({
-        behavior,
-        batcher,
-        maxReplays,
-        now: () => Date.now(),
-      });
-      await directory.send("a", "warm"); // Loaded, so the next turn is planned straight away.
-      behavior.plans = 0;
-      await assertRejects(() => directory.send("a", "clash"));
-      assertEquals(behavior.plans, maxReplays + 1);
-      await batcher.drain();
-    } finally {
-      kv.close();
-    }
+    await withDirectory(
+      async (directory, behavior) => {
+        await directory.send("a", { writes: 0 }); // Loaded: the next turn is planned at once.
+        behavior.turns = [];
+        await assertRejects(() => directory.send("a", { writes: 0, clash: true }));
+        assertEquals(behavior.turns.length, maxReplays + 1);
+      },
+      undefined,
+      {},
+      maxReplays,
+    );
   });
 }

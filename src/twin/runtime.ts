@@ -507,37 +507,36 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
    * Most turns need nothing read, and get their answer without a promise.
    */
   #read(id: string, state: TwinRecord, messages: TwinMessage[]): TurnReads | Promise<TurnReads> {
-    let any = false;
-    for (let i = 0; i < messages.length && !any; i++) any = needsRead(messages[i], state);
-    if (!any) return NO_READS;
-    const kv = this.#runtime.internals.kv;
-    const messageIds: string[] = [];
-    const idemKeys: string[] = [];
-    const resultIds: string[] = [];
+    // The lists are made only when something needs reading: most turns find nothing.
+    let messageIds: string[] | undefined;
+    let idemKeys: string[] | undefined;
+    let resultIds: string[] | undefined;
     for (const message of messages) {
       if (message.type === "telemetry") {
         for (const item of message.items) {
           const mid = (item as { id?: unknown } | null)?.id;
-          if (typeof mid === "string" && mid.length > 0 && mid.length <= 128) messageIds.push(mid);
+          if (typeof mid === "string" && mid.length > 0 && mid.length <= 128) {
+            (messageIds ??= []).push(mid);
+          }
         }
       } else if (message.type === "command.create" && message.idempotencyKey !== undefined) {
-        idemKeys.push(message.idempotencyKey);
+        (idemKeys ??= []).push(message.idempotencyKey);
       } else if (
         message.type === "command.result" &&
         !state.commands.pending.some((c) => c.id === message.commandId)
       ) {
-        resultIds.push(message.commandId);
+        (resultIds ??= []).push(message.commandId);
       }
     }
-    if (messageIds.length === 0 && idemKeys.length === 0 && resultIds.length === 0) {
-      return NO_READS;
-    }
+    if (!messageIds && !idemKeys && !resultIds) return NO_READS;
+    const kv = this.#runtime.internals.kv;
     const seenMessageIds = new Set<string>();
     const idempotent = new Map<string, CommandRecord>();
     const finishedCommandIds = new Set<string>();
     const reads: Promise<void>[] = [];
-    for (let i = 0; i < messageIds.length; i += 10) {
-      const slice = messageIds.slice(i, i + 10);
+    const ids = messageIds ?? [];
+    for (let i = 0; i < ids.length; i += 10) {
+      const slice = ids.slice(i, i + 10);
       reads.push(
         kv.getMany(slice.map((mid) => keys.dedupe(id, mid))).then((entries) =>
           entries.forEach((entry, j) => {
@@ -546,7 +545,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         ),
       );
     }
-    for (const key of idemKeys) {
+    for (const key of idemKeys ?? []) {
       reads.push((async () => {
         const entry = await kv.get<string>(keys.commandIdempotency(id, key));
         if (entry.value === null) return;
@@ -555,7 +554,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         if (command) idempotent.set(key, command);
       })());
     }
-    for (const commandId of resultIds) {
+    for (const commandId of resultIds ?? []) {
       reads.push((async () => {
         if (await this.#runtime.getCommand(id, commandId)) finishedCommandIds.add(commandId);
       })());
@@ -569,23 +568,6 @@ const NO_READS: TurnReads = Object.freeze({
   seenMessageIds: new Set<string>(),
   idempotent: new Map<string, CommandRecord>(),
 });
-
-/** Whether a message needs something read before its turn (see `TwinBehavior.#read`). */
-function needsRead(message: TwinMessage, state: TwinRecord): boolean {
-  switch (message.type) {
-    case "telemetry":
-      for (const item of message.items) {
-        if ((item as { id?: unknown } | null)?.id !== undefined) return true;
-      }
-      return false;
-    case "command.create":
-      return message.idempotencyKey !== undefined;
-    case "command.result":
-      return !state.commands.pending.some((c) => c.id === message.commandId);
-    default:
-      return false;
-  }
-}
 
 function randomHex(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(4));
