@@ -82,6 +82,11 @@ function log(line: string): void {
   console.log(line);
 }
 
+/** A row that reports a figure without judging it. */
+function info(figure: string, value: string, target = "-"): Row {
+  return { figure, value, target, verdict: "info" };
+}
+
 function verdict(ok: boolean): "PASS" | "FAIL" {
   return ok ? "PASS" : "FAIL";
 }
@@ -154,12 +159,13 @@ async function main(): Promise<void> {
       target: "0",
       verdict: verdict(r.errors === 0),
     });
-    rows.push({
-      figure: "Runtime mean commit batch",
-      value: `${r.meanBatch.toFixed(1)} turns (${r.meanCommitMs.toFixed(2)} ms)`,
-      target: "- (max 100)",
-      verdict: "info",
-    });
+    rows.push(
+      info(
+        "Runtime mean commit batch",
+        `${r.meanBatch.toFixed(1)} turns (${r.meanCommitMs.toFixed(2)} ms)`,
+        "- (max 100)",
+      ),
+    );
     if (raw.length > 0) {
       // A second raw pass with the very heads the runtime wrote: its records may have grown past
       // a fresh twin's (telemetry history), and KV's cost grows with the bytes.
@@ -177,28 +183,20 @@ async function main(): Promise<void> {
           : ""),
     );
     log(`  runtime / actor core: ${pct(r.messagesPerSec / core.messagesPerSec)}`);
-    rows.push({
-      figure: "Actor core with empty turns (the runtime's bound)",
-      value: `${fmt(core.messagesPerSec)} msg/s`,
-      target: "-",
-      verdict: "info",
-    });
-    rows.push({
-      figure: "Runtime / actor core with empty turns",
-      value: pct(r.messagesPerSec / core.messagesPerSec),
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(
+      info(
+        "Actor core with empty turns (the runtime's bound)",
+        `${fmt(core.messagesPerSec)} msg/s`,
+      ),
+    );
+    rows.push(
+      info("Runtime / actor core with empty turns", pct(r.messagesPerSec / core.messagesPerSec)),
+    );
   }
   const passNames = ["fresh twins", "runtime's heads"];
   raw.forEach((pass, i) => {
     for (const r of pass) {
-      rows.push({
-        figure: `Raw KV (${passNames[i]}), ${r.label}`,
-        value: `${fmt(r.entriesPerSec)} entries/s`,
-        target: "-",
-        verdict: "info",
-      });
+      rows.push(info(`Raw KV (${passNames[i]}), ${r.label}`, `${fmt(r.entriesPerSec)} entries/s`));
     }
   });
   if (runtime && raw.length > 0) {
@@ -230,12 +228,12 @@ async function main(): Promise<void> {
             `  actor core with empty turns / raw ${name} (${passNames[i]}): ` +
               pct(core.messagesPerSec / ceiling.entriesPerSec),
           );
-          rows.push({
-            figure: `Actor core with empty turns / raw ${name} (${passNames[i]})`,
-            value: pct(core.messagesPerSec / ceiling.entriesPerSec),
-            target: "-",
-            verdict: "info",
-          });
+          rows.push(
+            info(
+              `Actor core with empty turns / raw ${name} (${passNames[i]})`,
+              pct(core.messagesPerSec / ceiling.entriesPerSec),
+            ),
+          );
         }
       }
     });
@@ -337,18 +335,8 @@ async function main(): Promise<void> {
       target: "< 400 MiB",
       verdict: verdict(m.activatedCompacted.rss < 400),
     });
-    rows.push({
-      figure: "RSS before activation (baseline)",
-      value: `${m.baseline.rss} MiB`,
-      target: "-",
-      verdict: "info",
-    });
-    rows.push({
-      figure: "Live V8 heap per active twin",
-      value: `${perTwin.toFixed(0)} bytes`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("RSS before activation (baseline)", `${m.baseline.rss} MiB`));
+    rows.push(info("Live V8 heap per active twin", `${perTwin.toFixed(0)} bytes`));
   }
 
   let mqtt: MqttResult | undefined;
@@ -402,12 +390,7 @@ async function main(): Promise<void> {
       target: ">= 15,000 msg/s",
       verdict: verdict(m.doppel.perSec >= 15_000),
     });
-    rows.push({
-      figure: "MQTT raw aedes QoS 1 (same load)",
-      value: `${fmt(m.raw.perSec)} msg/s`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("MQTT raw aedes QoS 1 (same load)", `${fmt(m.raw.perSec)} msg/s`));
     rows.push({
       figure: "MQTT Doppel / raw aedes",
       value: pct(ratio),
@@ -422,37 +405,25 @@ async function main(): Promise<void> {
       target: "0",
       verdict: verdict(lost === 0),
     });
-    rows.push({
-      figure: "MQTT command round trip p50 / p90",
-      value: `${c.p50.toFixed(1)} / ${c.p90.toFixed(1)} ms`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(
+      info("MQTT command round trip p50 / p90", `${c.p50.toFixed(1)} / ${c.p90.toFixed(1)} ms`),
+    );
     rows.push({
       figure: "MQTT command round trip p99",
       value: `${c.p99.toFixed(1)} ms`,
       target: "< 25 ms",
       verdict: verdict(c.p99 < 25),
     });
-    rows.push({
-      figure: "MQTT command round trip max",
-      value: `${c.max.toFixed(1)} ms`,
-      target: "-",
-      verdict: "info",
-    });
-    rows.push({
-      figure: "Disk fdatasync p99 while commands ran",
-      value: `${c.disk.p99.toFixed(1)} ms`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("MQTT command round trip max", `${c.max.toFixed(1)} ms`));
+    rows.push(info("Disk fdatasync p99 while commands ran", `${c.disk.p99.toFixed(1)} ms`));
     const noise = Math.max(m.doppel.othersCpu ?? 0, m.raw.othersCpu ?? 0, c.othersCpu ?? 0);
-    rows.push({
-      figure: "MQTT other processes' CPU (max of windows)",
-      value: `${noise.toFixed(0)}% of a core`,
-      target: noise > 20 ? "- (noisy run)" : "- (quiet run)",
-      verdict: "info",
-    });
+    rows.push(
+      info(
+        "MQTT other processes' CPU (max of windows)",
+        `${noise.toFixed(0)}% of a core`,
+        noise > 20 ? "- (noisy run)" : "- (quiet run)",
+      ),
+    );
     rows.push({
       figure: "MQTT commands not succeeded",
       value: `${c.notSucceeded} of ${fmt(c.count)}`,
@@ -464,18 +435,8 @@ async function main(): Promise<void> {
   if (parts.has("history")) {
     log("\n[6/7] Telemetry history: durable telemetry with history and rollups, and without");
     const h = await historyThroughput(log);
-    rows.push({
-      figure: "Runtime telemetry, history + rollups on",
-      value: `${fmt(h.on)} msg/s`,
-      target: "-",
-      verdict: "info",
-    });
-    rows.push({
-      figure: "Runtime telemetry, history off",
-      value: `${fmt(h.off)} msg/s`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("Runtime telemetry, history + rollups on", `${fmt(h.on)} msg/s`));
+    rows.push(info("Runtime telemetry, history off", `${fmt(h.off)} msg/s`));
     rows.push({
       figure: "History on / off",
       value: `${(h.ratio * 100).toFixed(1)}%`,
@@ -494,23 +455,13 @@ async function main(): Promise<void> {
       target: "< 50 ms",
       verdict: verdict(q.medianMs < 50),
     });
-    rows.push({
-      figure: "30-day 1m-bucket query, format=items",
-      value: `${q.itemsMedianMs.toFixed(1)} ms`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("30-day 1m-bucket query, format=items", `${q.itemsMedianMs.toFixed(1)} ms`));
   }
 
   if (parts.has("sse")) {
     log("\n[7/7] Dashboard live stream: ingest with 50 open SSE clients, and without");
     const r = await sseThroughput(log);
-    rows.push({
-      figure: "Runtime telemetry with 50 SSE clients",
-      value: `${fmt(r.with)} msg/s`,
-      target: "-",
-      verdict: "info",
-    });
+    rows.push(info("Runtime telemetry with 50 SSE clients", `${fmt(r.with)} msg/s`));
     rows.push({
       figure: "With 50 SSE clients / without",
       value: `${(r.ratio * 100).toFixed(1)}%`,
