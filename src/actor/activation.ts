@@ -182,7 +182,7 @@ export class Activation<S, M> {
     try {
       planned = behavior.plan(this.id, loaded, batch.map((envelope) => envelope.message));
     } catch (error) {
-      this.#after(Promise.reject(error), batch);
+      this.#afterError(batch, error);
       return;
     }
     if (planned instanceof Promise || planned.commit === null) {
@@ -196,24 +196,29 @@ export class Activation<S, M> {
           try {
             this.#committed(batch, loaded, plan, outcome.versionstamp);
           } catch (settleError) {
-            this.#after(Promise.reject(settleError), batch);
+            this.#afterError(batch, settleError);
             return;
           }
           this.#ended();
         } else if (outcome) {
           this.#loaded = undefined; // Another writer got there first: reload and replay.
           this.#after(this.#turn(batch, undefined, 1), batch);
-        } else this.#after(Promise.reject(error), batch);
+        } else this.#afterError(batch, error);
       });
       this.#giveBack(); // Its request is in the queue now.
     } catch (error) {
-      this.#after(Promise.reject(error), batch);
+      this.#afterError(batch, error);
     }
   }
 
   /** Goes on once a turn that took the long way has ended, failed or not. */
   #after(turn: Promise<void>, batch: Envelope<M>[]): void {
     turn.catch((error) => this.#failed(batch, error)).then(() => this.#ended());
+  }
+
+  /** Goes on after a turn that failed before it got as far as a promise. */
+  #afterError(batch: Envelope<M>[], error: unknown): void {
+    this.#failed(batch, error).then(() => this.#ended());
   }
 
   /** After a turn: tells the directory when there is nothing left to do, then runs the next. */

@@ -35,7 +35,7 @@ export interface BatcherOptions {
   maxRetries?: number;
   /**
    * Requests queued behind the commits in flight before {@link CommitBatcher.room} asks callers
-   * to wait (default: two atomics' worth of checks).
+   * to wait (default: as many as the commits in flight take, `maxInFlight` × `maxChecks`).
    */
   maxQueued?: number;
   /** Told about every committed atomic: requests in it and milliseconds it took. */

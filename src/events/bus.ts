@@ -35,8 +35,8 @@ export class EventBus {
   /** Delivers a notice to its device's subscribers and to the catch-all ones. */
   publish(notice: Notice): void {
     const deviceId = "deviceId" in notice ? notice.deviceId : notice.command.deviceId;
-    const device = this.#byDevice.get(deviceId);
-    if (device) { for (let i = 0; i < device.length; i++) device[i](notice); }
+    const device = this.#byDevice.get(deviceId) ?? NONE;
+    for (let i = 0; i < device.length; i++) device[i](notice);
     const all = this.#all;
     for (let i = 0; i < all.length; i++) all[i](notice);
   }
@@ -69,6 +69,8 @@ export class EventBus {
     });
   }
 }
+
+const NONE: readonly Listener[] = [];
 
 /** A copy of `list` without one occurrence of `listener` (a listener may be subscribed twice). */
 function without(list: Listener[], listener: Listener): Listener[] {
