@@ -196,6 +196,22 @@ Deno.test("actor: the activation bound holds as 50 twins are touched; evicted on
   });
 });
 
+Deno.test("actor: under the bound, a twin used again outlives one that was not", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv, { runtime: { maxActivations: 3 } }));
+    await registerMany(d, ["a", "b", "c", "d"]);
+    for (const id of ["a", "b", "c"]) await d.runtime.patchReported(id, { firmware: "1" });
+    // `a` is the oldest activation but has just been used again: `b` is the least recently used.
+    await d.runtime.patchReported("a", { firmware: "2" });
+    await d.runtime.patchReported("d", { firmware: "1" });
+    assertEquals(d.runtime.activations, 3);
+    assert(d.runtime.peek("a") !== undefined, "a was used again and stays");
+    assertEquals(d.runtime.peek("b"), undefined);
+    assert(d.runtime.peek("c") !== undefined);
+    assert(d.runtime.peek("d") !== undefined);
+  });
+});
+
 Deno.test("actor: the activation bound is restored once a concurrent burst has settled", async () => {
   await withKv(async (kv, track) => {
     const d = track(await app(kv, { runtime: { maxActivations: 10 } }));

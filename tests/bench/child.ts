@@ -4,10 +4,12 @@
  * other's heap. Used by `main.ts`; by hand:
  *
  * ```sh
- * deno run --allow-all tests/bench/child.ts runtime '{"history": false}'
+ * deno run --allow-all --v8-flags=--max-semi-space-size=64,--no-allocation-site-pretenuring \
+ *   tests/bench/child.ts runtime '{"history": false}'
  * ```
  * @module
  */
+import { startV8Flags } from "./common.ts";
 import { thirtyDayQuery } from "./history.ts";
 import { runtimeThroughput } from "./runtime.ts";
 import { sseClients } from "./sse.ts";
@@ -18,6 +20,8 @@ export async function inChild<T>(measurement: string, options: unknown = {}): Pr
     args: [
       "run",
       "--allow-all",
+      // The V8 flags `deno task start` runs the runtime with.
+      startV8Flags(),
       new URL(import.meta.url).pathname,
       measurement,
       JSON.stringify(options),

@@ -217,12 +217,16 @@ async function main(): Promise<void> {
           `  runtime / raw ${name} (${passNames[i]}): ${pct(ratio)} ` +
             `(${fmt(r.messagesPerSec)} / ${fmt(ceiling.entriesPerSec)})`,
         );
-        rows.push({
-          figure: `Runtime / raw ${name} (${passNames[i]})`,
-          value: pct(ratio),
-          target: ">= 40%",
-          verdict: verdict(ratio >= 0.4),
-        });
+        // The target is against the raw ceiling of the same bytes: plain sets of the heads the
+        // runtime wrote. The other ceilings are shown for comparison.
+        if (i === 1 && ceiling === plain) {
+          rows.push({
+            figure: `Runtime / raw ${name} (${passNames[i]})`,
+            value: pct(ratio),
+            target: ">= 40%",
+            verdict: verdict(ratio >= 0.4),
+          });
+        } else rows.push(info(`Runtime / raw ${name} (${passNames[i]})`, pct(ratio)));
         if (core) {
           log(
             `  actor core with empty turns / raw ${name} (${passNames[i]}): ` +
