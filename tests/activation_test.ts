@@ -202,21 +202,25 @@ Deno.test("activation: one message too large for any atomic gets the behaviour's
   });
 });
 
+/** `kv`, but an atomic's commit throws a disk error whenever `fails()` says so at commit time. */
+function failingCommits(kv: Deno.Kv, fails: () => boolean): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, name) {
+      if (name !== "atomic") return Reflect.get(target, name, target);
+      return () => {
+        const atomic = target.atomic();
+        const commit = atomic.commit.bind(atomic);
+        atomic.commit = () => fails() ? Promise.reject(new Error("disk I/O error")) : commit();
+        return atomic;
+      };
+    },
+  });
+}
+
 Deno.test("activation: a storage failure reaches every sender of the batch, and nothing is released", async () => {
   let fail = true;
   // A KV whose atomics throw (a disk error, say) until told otherwise.
-  const failing = (kv: Deno.Kv): Deno.Kv =>
-    new Proxy(kv, {
-      get(target, name) {
-        if (name !== "atomic") return Reflect.get(target, name, target);
-        return () => {
-          const atomic = target.atomic();
-          const commit = atomic.commit.bind(atomic);
-          atomic.commit = () => fail ? Promise.reject(new Error("disk I/O error")) : commit();
-          return atomic;
-        };
-      },
-    });
+  const failing = (kv: Deno.Kv): Deno.Kv => failingCommits(kv, () => fail);
   await withDirectory(async (directory, behavior, kv) => {
     const sends = Array.from({ length: 3 }, () => directory.send("c", { writes: 0 }));
     const outcomes = await Promise.allSettled(sends);
@@ -235,19 +239,7 @@ Deno.test("activation: a storage failure reaches every sender of the batch, and 
 Deno.test("activation: when storage fails for the first half of a split batch, the second half fails with it", async () => {
   let commits = 0;
   // The first atomic commits; every later one fails (a disk error, say).
-  const failingAfterOne = (kv: Deno.Kv): Deno.Kv =>
-    new Proxy(kv, {
-      get(target, name) {
-        if (name !== "atomic") return Reflect.get(target, name, target);
-        return () => {
-          const atomic = target.atomic();
-          const commit = atomic.commit.bind(atomic);
-          atomic.commit = () =>
-            ++commits > 1 ? Promise.reject(new Error("disk I/O error")) : commit();
-          return atomic;
-        };
-      },
-    });
+  const failingAfterOne = (kv: Deno.Kv): Deno.Kv => failingCommits(kv, () => ++commits > 1);
   await withDirectory(async (directory, behavior, kv) => {
     // 1 alone commits; then 5 (too large) split into 3, which fails, and 2, which must not run.
     const outcomes = await Promise.allSettled(
