@@ -11,7 +11,8 @@ import { type Clock, ManualClock } from "../src/clock.ts";
 import type { CommandRecord } from "../src/commands/model.ts";
 import { DoppelError } from "../src/errors.ts";
 import { silentLogger } from "../src/log.ts";
-import { loadTwin } from "../src/storage/twin_store.ts";
+import { encodeTwin, loadTwin } from "../src/storage/twin_store.ts";
+import { newTwinRecord, type TwinRecord } from "../src/twin/state.ts";
 import { loadKinds } from "../src/twin/loader.ts";
 
 const wallClock: Clock = { now: () => Date.now() };
@@ -553,4 +554,54 @@ Deno.test("actor: idle twins in a crowded directory keep their state packed and 
   } finally {
     await t.dispose();
   }
+});
+
+Deno.test("storage: a twin with every field away from its default loads back the same", async () => {
+  await withKv(async (kv) => {
+    const now = Date.parse("2026-11-27T06:00:00.000Z");
+    const record: TwinRecord = {
+      ...newTwinRecord("every", "generic", now),
+      version: 7,
+      desired: { target: 21 },
+      reported: { target: 20 },
+      metadata: {
+        desired: { target: { updatedAt: "2026-11-27T06:00:01.000Z", version: 7 } },
+        reported: { target: { updatedAt: "2026-11-27T06:00:02.000Z", version: 6 } },
+      },
+      telemetry: { last: { temperature: 20.5 }, lastAt: "2026-11-27T06:00:03.000Z" },
+      connection: { status: "online", since: "2026-11-27T06:00:00.000Z", lastSeenAt: null },
+      memory: { lastCoolAt: now },
+      commands: { nextSeq: 3, pending: [] },
+      eventSeq: 4,
+      history: { p: { temperature: [1, 2, 3] }, s: 2 },
+      rules: { hot: { active: false, since: null } },
+      alarms: {},
+      presence: { sessions: {}, httpUntil: now + 60_000 },
+      desiredAcked: 5,
+      desiredTombstones: [{ path: ["old"], version: 6 }],
+      tombstoneHorizon: 2,
+      timerAt: now + 1_000,
+    };
+    const { mutations } = encodeTwin(record, 1);
+    const atomic = kv.atomic();
+    for (const mutation of mutations) atomic.mutate(mutation);
+    assert((await atomic.commit()).ok);
+    assertEquals((await loadTwin(kv, "every"))!.state, record);
+    // And one at every default stores none of them, and loads them back.
+    const fresh = newTwinRecord("fresh", "generic", now);
+    const [first] = encodeTwin(fresh, 1).mutations;
+    assert(first.type === "set");
+    const head = first.value as string;
+    assertEquals(Object.keys(JSON.parse(head)).sort(), [
+      "connection",
+      "createdAt",
+      "history",
+      "id",
+      "kind",
+      "telemetry",
+      "version",
+    ]);
+    await kv.set(["twins", "fresh"], head);
+    assertEquals((await loadTwin(kv, "fresh"))!.state, fresh);
+  });
 });
