@@ -86,14 +86,11 @@ export class DoppelMetrics {
   /** Counts one message's outcome. */
   message(message: TwinMessage, outcome: string, reply: unknown): void {
     const transport = ("via" in message && message.via) || "internal";
-    let byType = this.#labels.get(transport);
-    if (!byType) this.#labels.set(transport, byType = new Map());
-    let byOutcome = byType.get(message.type);
-    if (!byOutcome) byType.set(message.type, byOutcome = new Map());
-    let labels = byOutcome.get(outcome);
-    if (!labels) byOutcome.set(outcome, labels = { transport, type: message.type, outcome });
-    this.messages.inc(labels);
-    if (message.type === "telemetry" && outcome === "ok") {
+    const { type } = message;
+    const byType = cached(this.#labels, transport, newMap<string, Map<string, Labels>>);
+    const byOutcome = cached(byType, type, newMap<string, Labels>);
+    this.messages.inc(cached(byOutcome, outcome, () => ({ transport, type, outcome })));
+    if (type === "telemetry" && outcome === "ok") {
       const { accepted, duplicates } = reply as { accepted: number; duplicates: number };
       if (accepted) this.points.inc(this.#pointLabels(transport, "accepted"), accepted);
       if (duplicates) this.points.inc(this.#pointLabels(transport, "duplicate"), duplicates);
@@ -103,11 +100,11 @@ export class DoppelMetrics {
   #points = new Map<string, Map<string, Labels>>();
 
   #pointLabels(transport: string, result: string): Labels {
-    let byResult = this.#points.get(transport);
-    if (!byResult) this.#points.set(transport, byResult = new Map());
-    let labels = byResult.get(result);
-    if (!labels) byResult.set(result, labels = { transport, result });
-    return labels;
+    return cached(
+      cached(this.#points, transport, newMap<string, Labels>),
+      result,
+      () => ({ transport, result }),
+    );
   }
 
   /** Records one committed batch. */
@@ -125,4 +122,15 @@ export class DoppelMetrics {
       }
     });
   }
+}
+
+/** The value under `key` in `map`, made by `make` and kept the first time it is asked for. */
+function cached<K, V>(map: Map<K, V>, key: K, make: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) map.set(key, value = make());
+  return value;
+}
+
+function newMap<K, V>(): Map<K, V> {
+  return new Map();
 }

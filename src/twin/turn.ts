@@ -1256,7 +1256,6 @@ interface Checkpoint {
   lengths: [number, number, number, number];
 }
 
-/** Marks where a draft stands; from here on its record is copied before it is changed. */
 /** Where a turn's draft starts (see `Turn`'s constructor). */
 function startOf(record: TwinRecord): Checkpoint {
   return {
@@ -1268,6 +1267,7 @@ function startOf(record: TwinRecord): Checkpoint {
   };
 }
 
+/** Marks where a draft stands; from here on its record is copied before it is changed. */
 function checkpoint(draft: Draft): Checkpoint {
   draft.owned = false;
   draft.ownedRules = false;
