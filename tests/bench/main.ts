@@ -6,6 +6,8 @@
  * 2. The twin runtime in process: durable telemetry messages per second from 2,000 callers over
  *    10,000 twins, and its ratio to both raw ceilings. Then its bound: the same actor core under
  *    the same load with turns that do nothing but rewrite the heads the runtime wrote (`core.ts`).
+ *    Then the runtime and its raw ceiling again, alternating, for five pairs in all: the ratio's
+ *    target is judged on their median, as one pair's ratio moves with the VM's speed.
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
  * 5. MQTT: the real server process and a load generator process with 1,000 mqtt.js devices
@@ -93,6 +95,58 @@ function verdict(ok: boolean): "PASS" | "FAIL" {
 
 function pct(ratio: number): string {
   return `${(ratio * 100).toFixed(1)}%`;
+}
+
+/** Runtime and raw-ceiling runs, one after the other, that the ratio's target is judged on. */
+const PAIRS = 5;
+
+/**
+ * Runs the runtime and its raw ceiling (bulk sets of the heads that run wrote, 2 in flight) again,
+ * one after the other, until there are {@link PAIRS} pairs counting the first, and judges the
+ * ratio on their median. This VM's speed drifts by 15-30 % over seconds, and the two halves of
+ * one pair run seconds apart, so a single pair's ratio moves by up to ten points either way; the
+ * median of alternating pairs is the steadier figure.
+ */
+async function repeatedPairs(first: RuntimeResult, firstRaw: RawResult[]): Promise<Row[]> {
+  const ceilingOf = (pass: RawResult[]): RawResult =>
+    pass.find((x) => !x.checked && x.inFlight === 2)!;
+  const pairs = [{ runtime: first.messagesPerSec, raw: ceilingOf(firstRaw).entriesPerSec }];
+  log(`\n[2/5, pairs] The runtime and its raw ceiling again, alternating (${PAIRS} pairs in all)`);
+  log(
+    `  pair 1 (above): ${fmt(pairs[0].runtime)} msg/s / ${fmt(pairs[0].raw)} entries/s = ` +
+      pct(pairs[0].runtime / pairs[0].raw),
+  );
+  for (let i = 1; i < PAIRS; i++) {
+    const r = await runtimeThroughput({
+      concurrency: intFlag(Deno.args, "callers"),
+      maxInFlight: intFlag(Deno.args, "in-flight"),
+    });
+    const c = ceilingOf(await rawKvCeiling({ entries: r.heads, ceilingOnly: true }));
+    pairs.push({ runtime: r.messagesPerSec, raw: c.entriesPerSec });
+    log(
+      `  pair ${i + 1}: ${fmt(r.messagesPerSec)} msg/s / ${fmt(c.entriesPerSec)} entries/s = ` +
+        pct(r.messagesPerSec / c.entriesPerSec),
+    );
+  }
+  const ratios = pairs.map((p) => p.runtime / p.raw).sort((a, b) => a - b);
+  const median = medianOf(ratios);
+  log(
+    `  median ${pct(median)} (pairs ${ratios.map(pct).join(", ")}); ` +
+      `runtime median ${fmt(medianOf(pairs.map((p) => p.runtime)))} msg/s, ` +
+      `raw median ${fmt(medianOf(pairs.map((p) => p.raw)))} entries/s`,
+  );
+  return [{
+    figure: `Runtime / raw ceiling (runtime's heads), median of ${PAIRS} alternating pairs`,
+    value: `${pct(median)} (${ratios.map(pct).join(", ")})`,
+    target: ">= 40%",
+    verdict: verdict(median >= 0.4),
+  }];
+}
+
+/** The middle value (of an odd count, as {@link PAIRS} is). */
+function medianOf(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 async function main(): Promise<void> {
@@ -217,16 +271,10 @@ async function main(): Promise<void> {
           `  runtime / raw ${name} (${passNames[i]}): ${pct(ratio)} ` +
             `(${fmt(r.messagesPerSec)} / ${fmt(ceiling.entriesPerSec)})`,
         );
-        // The target is against the raw ceiling of the same bytes: plain sets of the heads the
-        // runtime wrote. The other ceilings are shown for comparison.
-        if (i === 1 && ceiling === plain) {
-          rows.push({
-            figure: `Runtime / raw ${name} (${passNames[i]})`,
-            value: pct(ratio),
-            target: ">= 40%",
-            verdict: verdict(ratio >= 0.4),
-          });
-        } else rows.push(info(`Runtime / raw ${name} (${passNames[i]})`, pct(ratio)));
+        // The target is against the raw ceiling of the same bytes (plain sets of the heads the
+        // runtime wrote), judged on the median of repeated pairs below. The other ceilings are
+        // shown for comparison.
+        rows.push(info(`Runtime / raw ${name} (${passNames[i]})`, pct(ratio)));
         if (core) {
           log(
             `  actor core with empty turns / raw ${name} (${passNames[i]}): ` +
@@ -241,6 +289,10 @@ async function main(): Promise<void> {
         }
       }
     });
+  }
+
+  if (runtime && raw.length > 1) {
+    rows.push(...await repeatedPairs(runtime, raw[1]));
   }
 
   let http: HttpResult | undefined;
