@@ -103,6 +103,11 @@ Deno.test("ws: malformed JSON, unknown type, invalid data and an oversize frame 
     const unknown = await ws.request({ type: "teleport", to: "mars" });
     assertEquals(unknown.type, "error");
     assertEquals((unknown.error as { code: string }).code, "bad_request");
+    // Names every JavaScript object inherits are no frame types either, and are answered too.
+    for (const type of ["constructor", "toString", "__proto__"]) {
+      const inherited = await ws.request({ type });
+      assertEquals((inherited.error as { code: string }).code, "bad_request", type);
+    }
 
     const invalid = await ws.request({ type: "telemetry", data: { temperature: "warm" } });
     assertEquals(invalid.type, "error");

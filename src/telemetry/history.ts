@@ -203,7 +203,7 @@ export class HistoryWriter {
       this.#owned = history;
       this.#ownedMetrics = [];
     }
-    const before = history.p[metric] ?? NO_METRIC;
+    const before = Object.hasOwn(history.p, metric) ? history.p[metric] : NO_METRIC;
     let m: MetricHistory;
     if (this.#ownedMetrics.includes(metric)) m = before;
     else {
@@ -302,8 +302,8 @@ export function parseDuration(text: string): number {
 
 /** A metric's history decoded into points and bucket objects, or `undefined` if it has none. */
 export function metricView(history: HistoryState, metric: string): MetricView | undefined {
+  if (!Object.hasOwn(history.p, metric)) return undefined;
   const m = history.p[metric];
-  if (!m) return undefined;
   const open: MetricView["open"] = {};
   LEVELS.forEach((level, l) => {
     if (m[l * BUCKET_SLOTS + 4]) open[level] = bucketOf(m, l * BUCKET_SLOTS);

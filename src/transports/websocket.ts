@@ -160,7 +160,7 @@ export function serveDeviceSocket(
       else throw new DoppelError("validation_failed", 'status must be "online" or "offline".');
       return { device: target.id, status: frame.status };
     }
-    const op = typeof type === "string" ? OPS[type] : undefined;
+    const op = typeof type === "string" && Object.hasOwn(OPS, type) ? OPS[type] : undefined;
     if (!op) {
       throw new DoppelError(
         "bad_request",

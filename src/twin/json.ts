@@ -26,6 +26,28 @@ export function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+/**
+ * The path of the first property named `__proto__` in `value`, or `undefined` if it has none.
+ * JSON may name a property so, but an object assigned one by name has its prototype replaced
+ * instead, so the value would vanish: such documents are refused rather than changed silently.
+ */
+export function protoKeyPath(value: unknown, path = ""): string | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = protoKeyPath(value[i], `${path}[${i}]`);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (Object.hasOwn(value, "__proto__")) return path ? `${path}.__proto__` : "__proto__";
+  for (const key in value) {
+    const found = protoKeyPath((value as JsonObject)[key], path ? `${path}.${key}` : key);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 /** Applies an RFC 7396 merge patch to `target`, returning the result. */
 export function applyMergePatch(target: Json | undefined, patch: Json): Json {
   if (!isObject(patch)) return patch;
@@ -47,7 +69,7 @@ export function jsonEqual(a: Json | undefined, b: Json | undefined): boolean {
   }
   const keys = Object.keys(a);
   if (keys.length !== Object.keys(b).length) return false;
-  return keys.every((key) => key in b && jsonEqual(a[key], b[key]));
+  return keys.every((key) => Object.hasOwn(b, key) && jsonEqual(a[key], b[key]));
 }
 
 /** The desired leaves that differ from reported: what the device still has to do. */

@@ -142,7 +142,7 @@ function changedLeaves(desired: JsonObject, meta: MetaTree, acked: number): Json
 function hasPath(doc: JsonObject, path: string[]): boolean {
   let node: Json = doc;
   for (const key of path) {
-    if (!isObject(node) || !(key in node)) return false;
+    if (!isObject(node) || !Object.hasOwn(node, key)) return false;
     node = node[key];
   }
   return true;

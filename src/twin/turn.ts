@@ -22,6 +22,7 @@ import {
   type Json,
   jsonBytes,
   type JsonObject,
+  protoKeyPath,
   updateMeta,
 } from "./json.ts";
 import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
@@ -687,6 +688,13 @@ class Turn {
         (issues ??= []).push({ field: prefix || "(body)", message: "must be a JSON object" });
         continue;
       }
+      if (Object.hasOwn(item, "__proto__")) {
+        (issues ??= []).push({
+          field: fieldAt(prefix, "__proto__"),
+          message: "a field may not be named __proto__",
+        });
+        continue;
+      }
       const { ts, id } = item;
       const values = "ts" in item || "id" in item ? withoutTsAndId(item) : item;
       if (
@@ -850,6 +858,13 @@ class Turn {
         fields: [{ field: "(body)", message: "must be a JSON object" }],
       });
     }
+    const proto = protoKeyPath(patch);
+    if (proto !== undefined) {
+      throw validationError(`The ${part} patch is invalid:`, [{
+        field: proto,
+        message: "a property may not be named __proto__",
+      }]);
+    }
     const state = draft.state;
     const next = applyMergePatch(state[part], patch) as JsonObject;
     const bytes = jsonBytes(next);
@@ -921,14 +936,16 @@ class Turn {
     const { kind, now } = this.#env;
     const schemas = kind.commands;
     const declared = Object.keys(schemas);
-    if (declared.length > 0 && !(name in schemas)) {
+    // Own names only: `constructor` or `toString` are no kind's commands.
+    const known = Object.hasOwn(schemas, name);
+    if (declared.length > 0 && !known) {
       throw new DoppelError(
         "validation_failed",
         `Command "${name}" is not one kind "${kind.kind}" declares (${declared.join(", ")}).`,
         { fields: [{ field: "name", message: `must be one of ${declared.join(", ")}` }] },
       );
     }
-    const schema = schemas[name];
+    const schema = known ? schemas[name] : undefined;
     if (schema) {
       let checked = schema.safeParse(payload ?? undefined);
       if (!checked.success && payload === null) {
