@@ -292,3 +292,67 @@ for (const maxReplays of [0, 2]) {
     );
   });
 }
+
+Deno.test("batcher: requests whose keys together pass KV's 80 KiB of keys go out in separate atomics, all committed", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let atomics = 0;
+  const batcher = new CommitBatcher(kv, { maxInFlight: 1, onBatch: () => atomics++ });
+  try {
+    // 40 requests of 10 keys of ~300 bytes each (message ids as long as the contract allows, on
+    // a long device id): about 120 KB of keys in all, well under the other limits.
+    const requests = Array.from({ length: 40 }, (_, r) => ({
+      checks: [],
+      mutations: Array.from({ length: 10 }, (_, i): Deno.KvMutation => ({
+        type: "set",
+        key: ["dedupe", "d".repeat(128), `${r}-${i}-`.padEnd(128, "m")],
+        value: 1,
+      })),
+      bytes: 10 * 64,
+    }));
+    const outcomes = await Promise.all(requests.map((request) => batcher.submit(request)));
+    assert(outcomes.every((o) => o.ok), "every request committed");
+    assert(atomics >= 3, `the keys needed at least 3 atomics, took ${atomics}`);
+    let stored = 0;
+    for await (const _ of kv.list({ prefix: ["dedupe"] })) stored++;
+    assertEquals(stored, 400);
+  } finally {
+    await batcher.drain();
+    kv.close();
+  }
+});
+
+Deno.test("batcher: a request with a key past KV's 2 KiB, or keys past 80 KiB, is refused alone", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const batcher = new CommitBatcher(kv);
+  try {
+    const longKey = batcher.submit({
+      checks: [],
+      mutations: [{ type: "set", key: ["telemetry", "d1", "m".repeat(2100)], value: 1 }],
+      bytes: 64,
+    });
+    const manyKeys = batcher.submit({
+      checks: [],
+      mutations: Array.from({ length: 300 }, (_, i): Deno.KvMutation => ({
+        type: "set",
+        key: ["dedupe", "d".repeat(128), `${i}`.padEnd(128, "m")],
+        value: 1,
+      })),
+      bytes: 300 * 64,
+    });
+    const fine = batcher.submit({
+      checks: [],
+      mutations: [{ type: "set", key: ["counter", "ok"], value: 1 }],
+      bytes: 64,
+    });
+    const one = await assertRejects(() => longKey);
+    assert((one as CommitTooLargeError).name === "CommitTooLargeError", String(one));
+    assert(/2048-byte limit/.test((one as Error).message), (one as Error).message);
+    const all = await assertRejects(() => manyKeys);
+    assert(/over the 80000/.test((all as Error).message), (all as Error).message);
+    assertEquals((await fine).ok, true, "the request beside them commits");
+    assertEquals((await kv.get(["counter", "ok"])).value, 1);
+  } finally {
+    await batcher.drain();
+    kv.close();
+  }
+});

@@ -1,7 +1,8 @@
 /**
- * Input named like what every JavaScript object inherits (`constructor`, `toString`) or sets its
- * prototype with (`__proto__`): such names are data to the contract, and must neither pass a
- * lookup they do not belong to, nor be lost, nor turn into a 500.
+ * Names in input that JavaScript or KV cannot take as they are: those every JavaScript object
+ * inherits (`constructor`, `toString`) or sets its prototype with (`__proto__`), and names too
+ * long for a KV key. They must neither pass a lookup they do not belong to, nor be lost, nor turn
+ * into a 500 or a twin that can no longer commit.
  * @module
  */
 import { assertEquals } from "./assert.ts";
@@ -55,4 +56,15 @@ test("input: a property named __proto__ is refused in telemetry, reported and de
   assertEquals(after.telemetry, before.telemetry);
   // An ordinary property of the same documents still goes through.
   await json(await t.dev(d, "PATCH", "/device/v1/twin/reported", { fw: { v: 1 } }), 200);
+});
+
+test("input: a telemetry field name past 256 characters is refused, naming it", async (t) => {
+  const d = await t.register({ id: "rn4", kind: "generic" });
+  const long = "m".repeat(2100);
+  const error = await expectInvalid(
+    await t.dev(d, "POST", "/device/v1/telemetry", { [long]: 1, ok: 2 }),
+    `${"m".repeat(64)}…`,
+  );
+  assertEquals(error.details?.fields?.length, 1);
+  await json(await t.dev(d, "POST", "/device/v1/telemetry", { ["m".repeat(256)]: 1 }), 202);
 });

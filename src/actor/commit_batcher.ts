@@ -29,6 +29,8 @@ export interface BatcherOptions {
   maxChecks?: number;
   /** Bytes per atomic (KV: 800 KiB); kept below it for encoding overhead. */
   maxBytes?: number;
+  /** Bytes of the keys an atomic writes values under (KV: 80 KiB). */
+  maxKeyBytes?: number;
   /** Atomics in flight at once. */
   maxInFlight?: number;
   /** Attempts for an atomic that throws (such as `database is locked`) before giving up. */
@@ -51,14 +53,20 @@ export type CommitDone = (outcome: CommitOutcome | undefined, error?: unknown) =
 interface Pending {
   request: CommitRequest;
   done: CommitDone;
+  // Encoded bytes of the keys it writes values under (KV caps their sum per atomic).
+  keyBytes: number;
 }
+
+/** KV's limit on one key written (encoded bytes). */
+const MAX_KEY_BYTES = 2048;
 
 /** A single request larger than one KV atomic may be. */
 export class CommitTooLargeError extends RangeError {
-  /** Describes the request that does not fit. */
-  constructor(mutations: number, bytes: number) {
+  /** Describes the request that does not fit; `why` replaces the count of its sizes. */
+  constructor(mutations: number, bytes: number, why?: string) {
     super(
-      `A commit of ${mutations} mutations and ${bytes} bytes exceeds what one KV atomic can hold.`,
+      why ??
+        `A commit of ${mutations} mutations and ${bytes} bytes exceeds what one KV atomic can hold.`,
     );
     this.name = "CommitTooLargeError";
   }
@@ -83,6 +91,9 @@ export class CommitBatcher {
       maxMutations: options.maxMutations ?? 1000,
       maxChecks: options.maxChecks ?? 100,
       maxBytes: options.maxBytes ?? 760 * 1024,
+      // KV's cap is 81,920: the estimate below is exact for the keys Doppel writes, and an
+      // upper bound otherwise, so a small margin is enough.
+      maxKeyBytes: options.maxKeyBytes ?? 80_000,
       maxInFlight: options.maxInFlight ?? 2,
       maxRetries: options.maxRetries ?? 100,
       maxQueued: options.maxQueued ?? (options.maxInFlight ?? 2) * (options.maxChecks ?? 100),
@@ -110,7 +121,28 @@ export class CommitBatcher {
     ) {
       throw new CommitTooLargeError(request.mutations.length, request.bytes);
     }
-    this.#queue.push({ request, done });
+    // KV refuses a whole atomic whose keys are too long, failing every request in it: refuse
+    // the one request here instead, and group the others within the cap.
+    let keyBytes = 0;
+    for (const mutation of request.mutations) {
+      const size = encodedKeyBytes(mutation.key);
+      if (size > MAX_KEY_BYTES) {
+        throw new CommitTooLargeError(
+          request.mutations.length,
+          request.bytes,
+          `A key of ${size} bytes exceeds KV's ${MAX_KEY_BYTES}-byte limit on one key.`,
+        );
+      }
+      if (mutation.type !== "delete") keyBytes += size;
+    }
+    if (keyBytes > o.maxKeyBytes) {
+      throw new CommitTooLargeError(
+        request.mutations.length,
+        request.bytes,
+        `Its keys take ${keyBytes} bytes, over the ${o.maxKeyBytes} one KV atomic can hold.`,
+      );
+    }
+    this.#queue.push({ request, done, keyBytes });
     this.#pump();
   }
 
@@ -167,16 +199,19 @@ export class CommitBatcher {
   /** Takes as many queued requests as fit in one atomic. */
   #take(): Pending[] {
     const o = this.#options;
-    let checks = 0, mutations = 0, bytes = 0, count = 0;
-    for (const { request } of this.#queue) {
+    let checks = 0, mutations = 0, bytes = 0, keyBytes = 0, count = 0;
+    for (const pending of this.#queue) {
+      const request = pending.request;
       if (
         checks + request.checks.length > o.maxChecks ||
         mutations + request.mutations.length > o.maxMutations ||
-        bytes + request.bytes > o.maxBytes
+        bytes + request.bytes > o.maxBytes ||
+        keyBytes + pending.keyBytes > o.maxKeyBytes
       ) break;
       checks += request.checks.length;
       mutations += request.mutations.length;
       bytes += request.bytes;
+      keyBytes += pending.keyBytes;
       count++;
     }
     const taken = this.#queue.splice(0, count);
@@ -258,6 +293,29 @@ export class CommitBatcher {
     }
     return failed;
   }
+}
+
+/**
+ * The bytes KV's key encoding takes for `key`, or a little more: a tag and a terminator around
+ * each string (UTF-8, NUL escaped) or byte array, a tag and 8 bytes for a number.
+ */
+export function encodedKeyBytes(key: Deno.KvKey): number {
+  let size = 0;
+  for (const part of key) {
+    if (typeof part === "string") {
+      size += 2 + part.length;
+      // Characters past ASCII take 2-3 bytes (a surrogate pair 4, counted as 2 + 2); NUL 2.
+      for (let i = 0; i < part.length; i++) {
+        const c = part.charCodeAt(i);
+        if (c === 0 || c > 0x7f) size += c > 0x7ff ? 2 : 1;
+      }
+    } else if (typeof part === "number") size += 9;
+    else if (typeof part === "boolean") size += 1;
+    else if (typeof part === "bigint") size += 3 + Math.ceil(part.toString(16).length / 2);
+    else if (part instanceof Uint8Array) size += 2 + 2 * part.length;
+    else size += 9;
+  }
+  return size;
 }
 
 function isTransient(error: unknown): boolean {

@@ -68,6 +68,11 @@ export const TWIN_LIMITS = {
   maxBatchItems: 500,
   /** Longest telemetry message `id`. */
   maxMessageIdLength: 128,
+  /**
+   * Longest telemetry field name. A field's name is part of its history's KV keys, and KV takes
+   * keys of at most 2 KiB.
+   */
+  maxFieldNameLength: 256,
   /** A device `ts` further ahead than this (ms) is not sane; arrival time is used. */
   maxFutureSkewMs: 5 * 60_000,
   /** A device `ts` older than this (ms) is not sane; arrival time is used. */
@@ -694,6 +699,14 @@ class Turn {
           message: "a field may not be named __proto__",
         });
         continue;
+      }
+      for (const field in item) {
+        if (field.length > TWIN_LIMITS.maxFieldNameLength) {
+          (issues ??= []).push({
+            field: fieldAt(prefix, `${field.slice(0, 64)}…`),
+            message: `field names are at most ${TWIN_LIMITS.maxFieldNameLength} characters`,
+          });
+        }
       }
       const { ts, id } = item;
       const values = "ts" in item || "id" in item ? withoutTsAndId(item) : item;
