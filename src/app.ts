@@ -226,6 +226,8 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     ? await createMqttEndpoint({ runtime, registry, sessions, kv, logger })
     : undefined;
   if (mqtt) {
+    // Gateways' subscriptions to a child's topics are judged again whenever the child changes.
+    observers.push((event) => mqtt.deviceChanged(event.device.id));
     app.get("/mqtt", (c) => {
       if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
         throw new DoppelError(

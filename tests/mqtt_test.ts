@@ -158,6 +158,26 @@ Deno.test("mqtt: a device disabled while connected is disconnected and cannot re
   });
 });
 
+Deno.test("mqtt: the will of a device disabled while connected is not applied", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "m2" });
+    const will = {
+      topic: "devices/m2/twin/reported",
+      payload: Buffer.from(json({ firmware: "after-disable" })),
+    };
+    const c = await f.mqtt(d, { will: { ...will, qos: 1, retain: false } });
+    await waitConnection(f, "m2", "online");
+    const before = await f.twin("m2");
+    await f.setEnabled("m2", false);
+    await c.whenClosed();
+    await waitConnection(f, "m2", "offline");
+    // A twin read is ordered after anything the broker applied while closing the connection.
+    const after = await f.twin("m2");
+    assertEquals(after.reported, before.reported);
+    assertEquals(after.version, before.version);
+  });
+});
+
 Deno.test("mqtt desired: live pushes, then one coalesced catch-up with exactly the changes since the last ack", async () => {
   await withFixture(async (f) => {
     const d = await f.register({ id: "m1" });
@@ -435,6 +455,28 @@ Deno.test("mqtt gateway: cannot act for a non-child (SUBACK 0x80; publish ends t
     await c.whenClosed();
     assertEquals((await loadTwin(f.kv, "stranger"))?.state.telemetry.last, {});
     assertEquals((await f.twin("stranger")).connection.status, "never");
+  });
+});
+
+Deno.test("mqtt gateway: a child deleted and registered again elsewhere no longer reaches the gateway's old subscription", async () => {
+  await withFixture(async (f) => {
+    const gw = await f.register({ id: "gw" });
+    await f.register({ id: "kid", parent: "gw" });
+    const c = await f.mqtt(gw);
+    assertEquals((await c.client.subscribeAsync("devices/kid/commands/+", { qos: 1 })).length, 1);
+    const first = await f.sendCommand("kid", { name: "reboot", payload: {} });
+    await c.nth(`devices/kid/commands/${first.id}`);
+
+    // The child is deleted and registered again with no parent, and connects itself: what the
+    // broker now publishes on its topics is for it, not for the gateway's subscription from before.
+    assertEquals((await f.op("DELETE", "/api/v1/devices/kid")).status, 204);
+    const kid = await f.mqtt(await f.register({ id: "kid" }));
+    await kid.client.subscribeAsync("devices/kid/commands/+", { qos: 1 });
+    const second = await f.sendCommand("kid", { name: "reboot", payload: {} });
+    await kid.nth(`devices/kid/commands/${second.id}`);
+    await c.client.publishAsync("devices/gw/telemetry", json({ temperature: 1 }), { qos: 1 });
+    assertEquals(c.on((t) => t === `devices/kid/commands/${second.id}`), []);
+    assert(c.client.connected, "the gateway stays connected");
   });
 });
 

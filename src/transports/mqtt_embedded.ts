@@ -46,6 +46,11 @@ export interface MqttEndpoint {
   handle(stream: Connection): void;
   /** Connected MQTT clients. */
   readonly connected: number;
+  /**
+   * Device `deviceId` was changed in the registry: gateways subscribed to its topics keep
+   * receiving them only while it is still their enabled child.
+   */
+  deviceChanged(deviceId: string): Promise<void>;
   /** Disconnects everyone and stops. */
   close(): Promise<void>;
 }
@@ -62,7 +67,11 @@ interface Conn {
   device: DeviceRecord;
   session?: DeviceSession;
   opening?: Promise<void>;
+  // Why the server is closing the connection (disabled, deleted): nothing it sends counts after.
   reason?: string;
+  // A gateway's children it subscribed for, and whether each may still get their messages: a
+  // subscription is authorized once, and outlives the child being deleted or moved.
+  children: Map<string, boolean>;
 }
 
 /** Creates the embedded broker. */
@@ -94,7 +103,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       if (client.id !== device.id) {
         return refuse(2, `client id ${JSON.stringify(client.id)} must equal the device id`);
       }
-      conns.set(client, { device });
+      conns.set(client, { device, children: new Map() });
       done(null, true);
     }, (error) => {
       if (error instanceof DoppelError && error.code === "forbidden") refuse(5, error.message);
@@ -110,6 +119,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     const conn = conns.get(client);
     const owner = filterDevice(subscription.topic);
     allowed(conn, owner).then((ok) => {
+      if (ok && owner !== conn!.device.id) conn!.children.set(owner!, true);
       if (ok) return done(null, subscription);
       log("warn", `Subscription to ${subscription.topic} refused.`, { deviceId: conn?.device.id });
       done(null, null);
@@ -119,6 +129,9 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   broker.authorizePublish = (client, packet, done) => {
     const conn = client ? conns.get(client) : undefined;
     if (!client || !conn) return done(null); // The broker's own publishes.
+    // A client the server is closing (its device was disabled or deleted) is refused: aedes
+    // publishes its will on close, and that would otherwise still reach the twin.
+    if (conn.reason) return done(new Error(`the connection is closing (${conn.reason})`));
     const topic = parseUplinkTopic(packet.topic);
     const device = conn.device;
     if (!topic) {
@@ -153,6 +166,12 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   // Our pushes go out with the packet id we chose for them.
   broker.authorizeForward = (client, packet) => {
     if (parseUplinkTopic(packet.topic)) return null;
+    // A child's messages reach a gateway only while it is still its child.
+    const owner = filterDevice(packet.topic);
+    const conn = conns.get(client);
+    if (conn && owner !== null && owner !== conn.device.id && !conn.children.get(owner)) {
+      return null;
+    }
     const stamp = stamps.get(packet.payload as Buffer);
     if (!stamp || stamp.clientId !== client.id || packet.qos === 0) return packet;
     return Object.assign(Object.create(Object.getPrototypeOf(packet)), packet, {
@@ -355,6 +374,16 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     },
     get connected() {
       return broker.connectedClients;
+    },
+    deviceChanged: async (deviceId) => {
+      const checks: Promise<void>[] = [];
+      for (const conn of conns.values()) {
+        if (!conn.children.has(deviceId)) continue;
+        checks.push(allowed(conn, deviceId).then((ok) => {
+          if (conn.children.has(deviceId)) conn.children.set(deviceId, ok);
+        }));
+      }
+      await Promise.all(checks);
     },
     close: () =>
       new Promise((resolve) => {
