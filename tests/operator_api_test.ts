@@ -549,6 +549,21 @@ test("DELETE of a gateway with children is refused with 409", async (t) => {
   assertEquals((await t.op("DELETE", "/api/v1/devices/gw")).status, 204);
 });
 
+test("DELETE of a gateway racing a child's registration under it never leaves the child without a parent", async (t) => {
+  for (let i = 0; i < 20; i++) {
+    await t.register({ id: `gw${i}`, kind: "generic" });
+    const [del, reg] = await Promise.all([
+      t.op("DELETE", `/api/v1/devices/gw${i}`),
+      t.op("POST", "/api/v1/devices", { id: `kid${i}`, kind: "generic", parent: `gw${i}` }),
+    ]);
+    await del.body?.cancel();
+    await reg.body?.cancel();
+    // One of them may win, or the delete may be told to try again: never both.
+    assert(!(del.status === 204 && reg.status === 201), `try ${i}: both succeeded`);
+    if (reg.status === 201) await json(await t.op("GET", `/api/v1/devices/gw${i}`), 200);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/devices/{id}/keys
 

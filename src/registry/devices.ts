@@ -187,7 +187,14 @@ export class Registry {
       .check({ key: keys.twin(id), versionstamp: null })
       .set(keys.device(id), device)
       .set(keys.devicesByKind(device.kind, id), null);
-    if (parentEntry) atomic.check(parentEntry).set(keys.devicesByParent(parent!, id), null);
+    if (parentEntry) {
+      // The parent's record is written again, unchanged, so its versionstamp moves: a delete of
+      // the parent that found no children checks that versionstamp, and fails instead of leaving
+      // this child without a parent.
+      atomic.check(parentEntry)
+        .set(keys.device(parent!), parentEntry.value)
+        .set(keys.devicesByParent(parent!, id), null);
+    }
     for (const [tag, value] of Object.entries(tags)) {
       atomic.set(keys.devicesByTag(tag, value, id), null);
     }
