@@ -478,6 +478,21 @@ Deno.test("dashboard: CSRF and origin checks refuse forged requests; pages carry
     });
     assertEquals(foreign.status, 403);
     assertEquals(foreign.headers.get("set-cookie"), null);
+    // The open sign-in route reads at most a few KiB of form, whatever the body claims.
+    const huge = await f.http("/login", {
+      method: "POST",
+      headers: { cookie: loginCookie, "content-type": "application/x-www-form-urlencoded" },
+      body: `_csrf=${loginCsrf}&token=${"x".repeat(64 * 1024)}`,
+    });
+    assertEquals(huge.status, 413);
+    assertEquals(huge.headers.get("set-cookie"), null);
+    // A form posted to a JSON route with the session and its token is bad input, not a 500.
+    const form = await f.http(`/api/v1/devices/${t.id}/commands`, {
+      method: "POST",
+      headers: { cookie, "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ _csrf: csrf, name: "reboot" }).toString(),
+    });
+    assertEquals(form.status, 400);
 
     // The page's own sign-out button works, and the old cookie is dead afterwards.
     await Promise.all([

@@ -37,10 +37,55 @@ export async function readJsonRequest(
       `Content-Type ${type} is not supported; send application/json.`,
     );
   }
+  if (!request.body) {
+    throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
+  }
+  const bytes = await readBody(request, limit);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new DoppelError("invalid_json", "The body is not valid UTF-8.");
+  }
+  if (text.trim() === "") {
+    throw new DoppelError("invalid_json", "The body is empty; send a JSON document.");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new DoppelError(
+      "invalid_json",
+      `The body is not valid JSON: ${(error as Error).message}`,
+    );
+  }
+}
+
+/**
+ * A small form body (`application/x-www-form-urlencoded`, as the dashboard's sign-in and
+ * buttons send) of at most `limit` bytes: 413 past it, 415 for any other type.
+ */
+export async function readForm(request: Request, limit: number): Promise<URLSearchParams> {
+  const type = request.headers.get("content-type") ?? "";
+  if (!/^application\/x-www-form-urlencoded\b/i.test(type)) {
+    throw new DoppelError(
+      "unsupported_media_type",
+      `Content-Type ${type || "(none)"} is not supported; send a form.`,
+    );
+  }
+  const bytes = await readBody(request, limit);
+  return new URLSearchParams(new TextDecoder().decode(bytes));
+}
+
+/** The body's bytes, reading no more than `limit` of them (413 past it, 400 for none). */
+async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);
   const body = request.body;
-  if (!body) throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
+  if (!body) throw new DoppelError("bad_request", "The request has no body.");
+  if (body.locked) {
+    // Read already (a form's CSRF field was taken from it): what it holds is not for this route.
+    throw new DoppelError("bad_request", "The request's body was read as a form; send JSON.");
+  }
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = body.getReader();
@@ -60,23 +105,7 @@ export async function readJsonRequest(
     bytes.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new DoppelError("invalid_json", "The body is not valid UTF-8.");
-  }
-  if (text.trim() === "") {
-    throw new DoppelError("invalid_json", "The body is empty; send a JSON document.");
-  }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new DoppelError(
-      "invalid_json",
-      `The body is not valid JSON: ${(error as Error).message}`,
-    );
-  }
+  return bytes;
 }
 
 function tooLarge(limit: number): DoppelError {

@@ -9,6 +9,7 @@ import type { Context } from "hono";
 import { getCookie } from "hono/cookie";
 import { DoppelError } from "../errors.ts";
 import { randomSecret, sha256, timingSafeEqual } from "../registry/secrets.ts";
+import { BODY_LIMITS, readForm } from "./http.ts";
 
 /** The session cookie's name. */
 export const SESSION_COOKIE = "doppel_session";
@@ -77,8 +78,7 @@ export async function checkCsrf(c: Context, session: Session): Promise<void> {
   }
   let token = c.req.header("x-csrf-token");
   if (token === undefined && /form/.test(c.req.header("content-type") ?? "")) {
-    const form = await c.req.parseBody();
-    token = typeof form._csrf === "string" ? form._csrf : undefined;
+    token = (await readForm(c.req.raw, BODY_LIMITS.default)).get("_csrf") ?? undefined;
   }
   if (!token || !timingSafeEqual(token, session.csrf)) {
     throw new DoppelError("forbidden", "The CSRF token is missing or wrong; reload the page.");

@@ -16,6 +16,7 @@ import type { AlarmRecord } from "../../rules/alarms.ts";
 import { keys } from "../../storage/keys.ts";
 import { loadTwin } from "../../storage/twin_store.ts";
 import { publicTwin } from "../../twin/state.ts";
+import { readForm } from "../http.ts";
 import type { Services } from "../services.ts";
 import { SESSION_COOKIE, SESSION_MS } from "../session.ts";
 import appCss from "./assets/app.css" with { type: "text" };
@@ -46,6 +47,8 @@ export const CONTENT_SECURITY_POLICY = [
 ].join("; ");
 
 const LOGIN_COOKIE = "doppel_login";
+/** The sign-in and sign-out forms are a token and a CSRF field: a few hundred bytes. */
+const FORM_LIMIT = 4096;
 /** Failed sign-ins allowed per client address per minute. */
 const MAX_FAILURES = 10;
 
@@ -107,12 +110,14 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     if (origin !== undefined && origin !== new URL(c.req.url).origin) {
       throw new DoppelError("forbidden", `Sign-in from origin ${origin} is not allowed.`);
     }
-    const form = await c.req.parseBody();
+    // Read with a cap, before anything else: the route is open to anyone.
+    const form = await readForm(c.req.raw, FORM_LIMIT);
     const expected = getCookie(c, LOGIN_COOKIE);
-    if (!expected || typeof form._csrf !== "string" || !timingSafeEqual(form._csrf, expected)) {
+    const csrf = form.get("_csrf");
+    if (!expected || csrf === null || !timingSafeEqual(csrf, expected)) {
       throw new DoppelError("forbidden", "The sign-in form expired or was not ours; reload it.");
     }
-    const token = typeof form.token === "string" ? form.token : "";
+    const token = form.get("token") ?? "";
     if (!token || token.length > 200 || !(await s.admin.verify(token))) {
       const since = record && Date.now() - record.since < 60_000 ? record.since : Date.now();
       failures.set(address, {
@@ -134,8 +139,8 @@ export function dashboardRoutes(s: Services): Hono<Env> {
   ui.post("/logout", async (c) => {
     const found = await s.logins.fromRequest(c);
     if (found) {
-      const form = await c.req.parseBody();
-      if (typeof form._csrf !== "string" || !timingSafeEqual(form._csrf, found.session.csrf)) {
+      const csrf = (await readForm(c.req.raw, FORM_LIMIT)).get("_csrf");
+      if (csrf === null || !timingSafeEqual(csrf, found.session.csrf)) {
         throw new DoppelError("forbidden", "The CSRF token is missing or wrong; reload the page.");
       }
       await s.logins.delete(found.id);
