@@ -295,3 +295,30 @@ Deno.test("ws: a device disabled while connected is closed and refused", async (
     assertEquals(await f.wsUpgradeStatus({ id: "w1", key: d.key }), 403);
   });
 });
+
+Deno.test("ws and mqtt: a connection outlives one key rotation, and ends at the one that retires its key", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "w2" });
+    const m = await f.register({ id: "m2" });
+    const ws = await f.ws(d);
+    const mq = await f.mqtt(m);
+    const rotate = async (id: string) =>
+      assertEquals((await f.op("POST", `/api/v1/devices/${id}/keys`)).status, 200);
+    // One rotation: the key they connected with is the previous one, still valid.
+    await rotate("w2");
+    await rotate("m2");
+    assert(ws.open && mq.client.connected, "both stay connected");
+    assertEquals(
+      (await ws.request({ type: "telemetry", data: { temperature: 20 } })).type,
+      "result",
+    );
+    // The next one retires it: both connections end, and their devices go offline.
+    await rotate("w2");
+    await rotate("m2");
+    await ws.whenClosed();
+    await mq.whenClosed();
+    assertEquals(ws.closeCode, 4003);
+    assertEquals((await waitConnection(f, "w2", "offline")).reason, "key revoked");
+    assertEquals((await waitConnection(f, "m2", "offline")).reason, "key revoked");
+  });
+});

@@ -385,17 +385,25 @@ export class Registry {
    * so ids cannot be probed); a disabled device is `forbidden`.
    */
   async authenticate(id: string, key: string): Promise<DeviceRecord> {
+    return (await this.authenticateKey(id, key)).device;
+  }
+
+  /**
+   * As {@link authenticate}, also naming which of the device's keys matched (by its sealed form,
+   * not a secret): a connection that outlives a rotation ends once its key is no longer valid.
+   */
+  async authenticateKey(id: string, key: string): Promise<{ device: DeviceRecord; keyId: string }> {
     const device = DEVICE_ID.test(id) ? await this.#cached(id) : null;
-    let match = false;
+    let match: string | undefined;
     for (const stored of device?.keys ?? []) {
       // Every stored key is compared, so timing does not tell which one matched.
-      if (timingSafeEqual(await this.#vault.open(stored.sealed), key)) match = true;
+      if (timingSafeEqual(await this.#vault.open(stored.sealed), key)) match = stored.sealed;
     }
-    if (!device || !match) {
+    if (!device || match === undefined) {
       throw new DoppelError("unauthorized", "The device id or key is wrong.");
     }
     if (!device.enabled) throw new DoppelError("forbidden", `Device ${id} is disabled.`);
-    return device;
+    return { device, keyId: match };
   }
 
   /**

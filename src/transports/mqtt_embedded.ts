@@ -69,6 +69,8 @@ interface Conn {
   opening?: Promise<void>;
   // Why the server is closing the connection (disabled, deleted): nothing it sends counts after.
   reason?: string;
+  // Which of the device's keys it connected with.
+  keyId: string;
   // A gateway's children it subscribed for, and whether each may still get their messages: a
   // subscription is authorized once, and outlives the child being deleted or moved.
   children: Map<string, boolean>;
@@ -98,12 +100,12 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     if (!username || !password) {
       return refuse(4, "username (device id) and password (key) are required");
     }
-    deps.registry.authenticate(username, password.toString()).then((device) => {
+    deps.registry.authenticateKey(username, password.toString()).then(({ device, keyId }) => {
       // The client id is the device id, so no device can take over another's session.
       if (client.id !== device.id) {
         return refuse(2, `client id ${JSON.stringify(client.id)} must equal the device id`);
       }
-      conns.set(client, { device, children: new Map() });
+      conns.set(client, { device, keyId, children: new Map() });
       done(null, true);
     }, (error) => {
       if (error instanceof DoppelError && error.code === "forbidden") refuse(5, error.message);
@@ -190,9 +192,12 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   broker.on("clientReady", (client) => {
     const conn = conns.get(client);
     if (!conn) return;
-    conn.opening = deps.sessions.open(conn.device, downlink(client, conn)).then((session) => {
-      conn.session = session;
-    }).catch((error) => {
+    const options = { keyId: conn.keyId };
+    conn.opening = deps.sessions.open(conn.device, downlink(client, conn), options).then(
+      (session) => {
+        conn.session = session;
+      },
+    ).catch((error) => {
       log("error", `Opening the session failed: ${error}`, { deviceId: conn.device.id });
       client.close();
     });
@@ -379,9 +384,11 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       const checks: Promise<void>[] = [];
       for (const conn of conns.values()) {
         if (!conn.children.has(deviceId)) continue;
-        checks.push(allowed(conn, deviceId).then((ok) => {
-          if (conn.children.has(deviceId)) conn.children.set(deviceId, ok);
-        }));
+        checks.push(
+          allowed(conn, deviceId).then((ok) => {
+            if (conn.children.has(deviceId)) conn.children.set(deviceId, ok);
+          }),
+        );
       }
       await Promise.all(checks);
     },

@@ -85,9 +85,17 @@ export class SessionHub {
     return counts;
   }
 
-  /** Opens a session for an authenticated device (with `id` when the transport announced one). */
-  async open(device: DeviceRecord, downlink: Downlink, id?: string): Promise<DeviceSession> {
-    const session = new DeviceSession(this, device, downlink, id);
+  /**
+   * Opens a session for an authenticated device: with `id` when the transport announced one, and
+   * `keyId` when the session authenticated with one of the device's keys (it ends once a rotation
+   * retires that key).
+   */
+  async open(
+    device: DeviceRecord,
+    downlink: Downlink,
+    options: { id?: string; keyId?: string } = {},
+  ): Promise<DeviceSession> {
+    const session = new DeviceSession(this, device, downlink, options);
     this.#sessions.add(session);
     try {
       await session.attach(device);
@@ -113,10 +121,21 @@ export class SessionHub {
     }, 1000);
   }
 
-  /** Ends every session whose device (or one it serves) is `deviceId`, if it may no longer connect. */
+  /**
+   * Ends every session whose device (or one it serves) is `deviceId`, if it may no longer connect,
+   * and the device's sessions whose key a rotation retired.
+   */
   async deviceChanged(deviceId: string): Promise<void> {
     const device = await this.#registry.get(deviceId);
-    if (device?.enabled) return;
+    if (device?.enabled) {
+      const valid = new Set(device.keys.map((k) => k.sealed));
+      for (const session of this.#sessions) {
+        if (session.deviceId === deviceId && session.keyId && !valid.has(session.keyId)) {
+          session.kick("key revoked");
+        }
+      }
+      return;
+    }
     for (const session of this.#sessions) {
       if (session.deviceId === deviceId) {
         session.kick(device ? "disabled" : "deleted");
@@ -169,14 +188,22 @@ export class DeviceSession {
   renewAt: number;
   /** The connected device. */
   readonly deviceId: string;
+  /** Which of its keys it authenticated with, when the server checked one. */
+  readonly keyId: string | undefined;
   #hub: SessionHub;
   #downlink: Downlink;
   #served = new Map<string, Served>();
   #closed = false;
 
   /** Use {@link SessionHub.open}. */
-  constructor(hub: SessionHub, device: DeviceRecord, downlink: Downlink, id?: string) {
-    this.id = id ?? crypto.randomUUID();
+  constructor(
+    hub: SessionHub,
+    device: DeviceRecord,
+    downlink: Downlink,
+    options: { id?: string; keyId?: string },
+  ) {
+    this.id = options.id ?? crypto.randomUUID();
+    this.keyId = options.keyId;
     this.renewAt = performance.now() + hub.renewMs * (0.5 + Math.random() / 2);
     this.#hub = hub;
     this.deviceId = device.id;

@@ -53,6 +53,7 @@ export function serveDeviceSocket(
   socket: WebSocket,
   device: DeviceRecord,
   deps: ChannelDeps,
+  keyId?: string,
 ): void {
   const acks = new Map<string, (ok: boolean) => void>();
   let nextMid = 1;
@@ -94,7 +95,7 @@ export function serveDeviceSocket(
     // Hello first: the session pushes what waited as soon as it opens.
     const sessionId = crypto.randomUUID();
     send({ type: "hello", device: device.id, sessionId });
-    session = await deps.sessions.open(device, downlink, sessionId);
+    session = await deps.sessions.open(device, downlink, { id: sessionId, keyId });
   }).catch((error) => {
     log(`Opening the session failed: ${error}`);
     socket.close(1011, "session failed");

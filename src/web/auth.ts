@@ -41,6 +41,8 @@ export interface DeviceCaller {
   device: DeviceRecord;
   /** The device the request is about. */
   target: DeviceRecord;
+  /** Which of the device's keys it used (see {@link Registry.authenticateKey}). */
+  keyId: string;
 }
 
 /** Parses HTTP Basic credentials, or `null`. */
@@ -63,10 +65,10 @@ export async function requireDevice(c: Context, registry: Registry): Promise<Dev
   if (!credentials) {
     throw new DoppelError("unauthorized", "Send device credentials as HTTP Basic deviceId:key.");
   }
-  const device = await registry.authenticate(credentials[0], credentials[1]);
+  const { device, keyId } = await registry.authenticateKey(credentials[0], credentials[1]);
   const child = c.req.query("device");
-  if (child === undefined || child === device.id) return { device, target: device };
-  return { device, target: await actFor(registry, device, child) };
+  if (child === undefined || child === device.id) return { device, target: device, keyId };
+  return { device, target: await actFor(registry, device, child), keyId };
 }
 
 /** The child a gateway wants to act for, if it may. */

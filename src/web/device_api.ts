@@ -95,7 +95,7 @@ export function deviceApi(s: Services): Hono<Env> {
       );
     }
     const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { idleTimeout: 60 });
-    serveDeviceSocket(socket, device, s);
+    serveDeviceSocket(socket, device, s, c.get("caller").keyId);
     return response;
   });
 
