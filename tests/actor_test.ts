@@ -429,6 +429,27 @@ Deno.test("actor: messages to an unknown twin fail with not_found", async () => 
   });
 });
 
+Deno.test("actor: a message whose turn fails unexpectedly fails alone; the others in its turn apply", async () => {
+  await withKv(async (kv, track) => {
+    const d = track(await app(kv));
+    await d.registry.register({ id: "g1", kind: "generic" });
+    // Nested far past what the transports let in (they refuse more than 32 levels), so walking
+    // it overflows the stack inside the turn.
+    const deep = JSON.parse("[".repeat(120_000) + "]".repeat(120_000));
+    d.runtime.peek("g1")?.invalidate(); // The next turn loads first: the three share it.
+    const [first, bad, last] = await Promise.allSettled([
+      d.runtime.telemetry("g1", [{ t: 1 }]),
+      d.runtime.telemetry("g1", [{ x: deep }]),
+      d.runtime.telemetry("g1", [{ t: 2 }]),
+    ]);
+    assertEquals(first.status, "fulfilled");
+    assertEquals(last.status, "fulfilled");
+    assert(bad.status === "rejected" && bad.reason instanceof DoppelError, String(bad));
+    assertEquals(bad.reason.code, "internal");
+    assertEquals((await loadTwin(kv, "g1"))?.state.telemetry.last, { t: 2 });
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // The kinds loader
 // ---------------------------------------------------------------------------------------------

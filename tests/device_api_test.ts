@@ -229,6 +229,19 @@ test("telemetry: a batch is accepted whole; the last reading wins", async (t) =>
   assertEquals((await twinOf(t, "g1")).telemetry.last, { a: 1, nested: { b: [1, 2] }, c: "x" });
 });
 
+test("telemetry and patches nested deeper than 32 levels are refused with 400, writing nothing", async (t) => {
+  const d = await t.register({ id: "deep1", kind: "generic" });
+  const nest = (levels: number) => '{"a":'.repeat(levels) + "1" + "}".repeat(levels);
+  await expectError(await t.dev(d, "POST", "/device/v1/telemetry", nest(40)), 400, "bad_request");
+  await expectError(
+    await t.dev(d, "PATCH", "/device/v1/twin/reported", nest(33)),
+    400,
+    "bad_request",
+  );
+  assertEquals((await json(await t.op("GET", "/api/v1/twins/deep1"), 200)).version, 1);
+  await json(await t.dev(d, "POST", "/device/v1/telemetry", nest(31)), 202);
+});
+
 test("telemetry: a batch with one bad item is refused whole with details naming items[i].field", async (t) => {
   const d = await t.register({ id: "d1" });
   await json(await t.dev(d, "POST", "/device/v1/telemetry", { temperature: 19 }), 202);

@@ -29,7 +29,10 @@ export interface Plan<S> {
   replies: Reply[];
   /** Writes to commit, or `null` when the turn changed nothing. */
   commit: CommitRequest | null;
-  /** Releases the turn's effects; called once, only after the commit is durable. */
+  /**
+   * Releases the turn's effects; called once, only after the commit is durable (or, for a turn
+   * with nothing to commit, once its replies are given).
+   */
   release(): void;
   /** Kept beside the new state once committed, and handed back with it (see {@link Loaded}). */
   meta?: unknown;
@@ -324,6 +327,7 @@ export class Activation<S, M> {
         }
         this.#inTurn = false;
         this.#settle(batch, plan.replies);
+        plan.release();
         return;
       }
       const submitted = batcher.submit(plan.commit);

@@ -5,7 +5,7 @@
  */
 import { DoppelError, validationError } from "../errors.ts";
 import { loadTwin } from "../storage/twin_store.ts";
-import { isObject, type Json } from "../twin/json.ts";
+import { isObject, type Json, MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
 import type { Transport } from "../twin/presence.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 
@@ -88,9 +88,14 @@ export function parseBody(bytes: Uint8Array, what: string): unknown {
   } catch {
     throw new DoppelError("invalid_json", `${what} is not valid UTF-8.`);
   }
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (error) {
     throw new DoppelError("invalid_json", `${what} is not valid JSON: ${(error as Error).message}`);
   }
+  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+    throw new DoppelError("bad_request", `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`);
+  }
+  return value;
 }

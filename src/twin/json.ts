@@ -48,6 +48,29 @@ export function protoKeyPath(value: unknown, path = ""): string | undefined {
   return undefined;
 }
 
+/** How deep a JSON document from outside may nest (objects and arrays). */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * Whether `value` nests objects or arrays more than `max` levels deep. Documents from outside
+ * are checked once parsed: code that walks them recursively (merge patches, schemas, encoding)
+ * would otherwise overflow the stack on a small body nested a hundred thousand levels deep.
+ */
+export function nestedDeeperThan(value: unknown, max: number): boolean {
+  if (typeof value !== "object" || value === null) return false;
+  if (max === 0) return true;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      if (nestedDeeperThan(value[i], max - 1)) return true;
+    }
+    return false;
+  }
+  for (const key in value) {
+    if (nestedDeeperThan((value as JsonObject)[key], max - 1)) return true;
+  }
+  return false;
+}
+
 /** Applies an RFC 7396 merge patch to `target`, returning the result. */
 export function applyMergePatch(target: Json | undefined, patch: Json): Json {
   if (!isObject(patch)) return patch;

@@ -421,8 +421,19 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
     now: number,
   ): Plan<TwinRecord> {
     const { bus, logger } = this.#runtime.internals;
+    // Notices go out once the turn is over: after its commit, or at once when it wrote nothing
+    // (such a turn has only log lines to tell).
+    const release = (): void => {
+      for (const notice of turn.notices) {
+        if (notice.type === "log") {
+          logger.log(notice.level, "twin", notice.message, { deviceId: notice.deviceId });
+        } else {
+          bus.publish(notice);
+        }
+      }
+    };
     if (!turn.changed) {
-      return { state: current.state, replies: turn.replies, commit: null, release() {} };
+      return { state: current.state, replies: turn.replies, commit: null, release };
     }
     const state = turn.state;
     const previous = (current.meta as StoredMeta | undefined) ?? chunkCount(current.state);
@@ -490,15 +501,7 @@ class TwinBehavior implements Behavior<TwinRecord, TwinMessage> {
         mutations,
         bytes,
       },
-      release() {
-        for (const notice of turn.notices) {
-          if (notice.type === "log") {
-            logger.log(notice.level, "twin", notice.message, { deviceId: notice.deviceId });
-          } else {
-            bus.publish(notice);
-          }
-        }
-      },
+      release,
     };
   }
 

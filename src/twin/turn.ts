@@ -319,7 +319,19 @@ class Turn {
     } catch (error) {
       rollback(draft, saved ?? startOf(this.#record));
       if (error instanceof DoppelError) return { ok: false, error };
-      throw error;
+      if (error instanceof NeedsRead) throw error;
+      // Anything else (a bug, or input past what the turn can take) fails this message alone:
+      // the others in the turn still apply. It is logged, as nobody else will see it.
+      draft.notices.push({
+        type: "log",
+        level: "error",
+        message: `A ${message.type} message could not be applied: ${error}`,
+        deviceId: draft.state.id,
+      });
+      return {
+        ok: false,
+        error: new DoppelError("internal", `The ${message.type} message could not be applied.`),
+      };
     }
   }
 

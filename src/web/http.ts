@@ -6,6 +6,7 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
 import { zodIssues } from "../twin/turn.ts";
 
 /** Body size limits, in bytes. */
@@ -50,14 +51,19 @@ export async function readJsonRequest(
   if (text.trim() === "") {
     throw new DoppelError("invalid_json", "The body is empty; send a JSON document.");
   }
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (error) {
     throw new DoppelError(
       "invalid_json",
       `The body is not valid JSON: ${(error as Error).message}`,
     );
   }
+  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+    throw new DoppelError("bad_request", `The body nests deeper than ${MAX_JSON_DEPTH} levels.`);
+  }
+  return value;
 }
 
 /**
