@@ -356,3 +356,19 @@ Deno.test("batcher: a request with a key past KV's 2 KiB, or keys past 80 KiB, i
     kv.close();
   }
 });
+
+Deno.test("activation: between the halves of a split batch the actor is not idle, so it is not dropped", async () => {
+  await withDirectory(async (directory) => {
+    const first = directory.send("a", { writes: 0 });
+    // These two wait for the first and share a turn of 1 + 5 + 5 mutations: more than 10, so it
+    // runs in halves.
+    const half1 = directory.send("a", { writes: 5 });
+    const half2 = directory.send("a", { writes: 5 });
+    let idleBetween: boolean | undefined;
+    // The first half's sender hears back before the second half has started.
+    const observed = half1.then(() => (idleBetween = directory.peek("a")?.idle));
+    assertEquals(await Promise.all([first, half1, half2]), [1, 2, 3]);
+    await observed;
+    assertEquals(idleBetween, false);
+  });
+});

@@ -85,6 +85,8 @@ export class Activation<S, M> {
   #packed: { data: unknown; versionstamp: string; meta: unknown } | undefined;
   #running = false;
   #inTurn = false;
+  // Split batches (too large for one atomic) still running their halves.
+  #splits = 0;
   // Whether this turn holds a place the batcher's room() gave it (handed back once its request
   // is queued, or when the turn ends).
   #holding = false;
@@ -102,7 +104,7 @@ export class Activation<S, M> {
    * winding down; dropping it then is safe, since the loop only exits.)
    */
   get idle(): boolean {
-    return !this.#inTurn && this.#mailbox.size === 0;
+    return !this.#inTurn && this.#splits === 0 && this.#mailbox.size === 0;
   }
 
   /** When it last received a message (ms). */
@@ -268,22 +270,29 @@ export class Activation<S, M> {
     }
     const half = Math.ceil(batch.length / 2);
     const parts = [batch.slice(0, half), batch.slice(half)];
-    for (let p = 0; p < parts.length; p++) {
-      this.#inTurn = true;
-      let stopped: { error: unknown } | undefined;
-      try {
-        await this.#turn(parts[p]);
-      } catch (partError) {
-        stopped = await this.#failed(parts[p], partError);
+    // Between the halves no turn is under way, but the actor is not idle: dropping it then would
+    // let a second activation commit against the same state as the second half.
+    this.#splits++;
+    try {
+      for (let p = 0; p < parts.length; p++) {
+        this.#inTurn = true;
+        let stopped: { error: unknown } | undefined;
+        try {
+          await this.#turn(parts[p]);
+        } catch (partError) {
+          stopped = await this.#failed(parts[p], partError);
+        }
+        if (stopped) {
+          // As for a batch that failed whole: the messages after it fail with it, in order.
+          const rest = parts.slice(p + 1).flat();
+          if (rest.length > 0) this.#fail(rest, stopped.error);
+          return stopped;
+        }
       }
-      if (stopped) {
-        // As for a batch that failed whole: the messages after it fail with it, in order.
-        const rest = parts.slice(p + 1).flat();
-        if (rest.length > 0) this.#fail(rest, stopped.error);
-        return stopped;
-      }
+      return undefined;
+    } finally {
+      this.#splits--;
     }
-    return undefined;
   }
 
   /**
