@@ -7,7 +7,7 @@
  */
 import { seededRandom } from "../src/simulator/physics.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { headParts } from "../src/storage/twin_store.ts";
+import { headParts, loadTwin } from "../src/storage/twin_store.ts";
 import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { defineTwin, z } from "../src/mod.ts";
@@ -578,4 +578,20 @@ Deno.test("history: a record stored with history as nested arrays loads with its
     buffer: [[61_000, 1], [62_000, 2]],
     open: { "1m": { start: 60_000, min: 1, max: 2, sum: 3, count: 2, last: 2, lastTs: 62_000 } },
   });
+});
+
+Deno.test("history: an open bucket's sum that would overflow stays the largest double, the same in memory and in KV", async () => {
+  const t = await testApp();
+  try {
+    const d = await t.register({ id: "big1", kind: "generic" });
+    for (const v of [1e308, 1e308]) {
+      assertEquals((await t.dev(d, "POST", "/device/v1/telemetry", { v })).status, 202);
+    }
+    const inMemory = t.runtime.peek("big1")!.state!.history;
+    const stored = (await loadTwin(t.kv, "big1"))!.state.history;
+    assertEquals(metricView(stored, "v")?.open["1m"]?.sum, Number.MAX_VALUE);
+    assertEquals(metricView(inMemory, "v"), metricView(stored, "v"));
+  } finally {
+    await t.dispose();
+  }
 });

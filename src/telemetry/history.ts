@@ -237,7 +237,14 @@ export class HistoryWriter {
       else if (start === m[at]) {
         if (value < m[at + 1]) m[at + 1] = value;
         if (value > m[at + 2]) m[at + 2] = value;
-        m[at + 3] += value;
+        // A sum past the largest double would be Infinity here and null once stored as JSON:
+        // it stops at the largest double instead, the same in memory and in KV.
+        const sum = m[at + 3] + value;
+        m[at + 3] = sum === Infinity
+          ? Number.MAX_VALUE
+          : sum === -Infinity
+          ? -Number.MAX_VALUE
+          : sum;
         m[at + 4] += 1;
         if (ts >= m[at] + m[at + 6]) {
           m[at + 5] = value;
