@@ -97,7 +97,9 @@ export interface Doppel {
 /** Builds the app. */
 export async function createApp(deps: AppDeps): Promise<Doppel> {
   const { kv, clock, logger } = deps;
-  const bus = new EventBus();
+  const bus = new EventBus((error, notice) =>
+    logger.log("error", "bus", `A listener of ${notice.type} notices failed: ${error}`)
+  );
   // Registry followers added after construction (the broker bridge's credential sync).
   const observers: Array<(event: RegistryEvent) => Promise<void>> = [];
   const shutdown = new AbortController();

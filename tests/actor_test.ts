@@ -10,6 +10,7 @@ import { type AppDeps, createApp, type Doppel } from "../src/app.ts";
 import { type Clock, ManualClock } from "../src/clock.ts";
 import type { CommandRecord } from "../src/commands/model.ts";
 import { DoppelError } from "../src/errors.ts";
+import { EventBus } from "../src/events/bus.ts";
 import { silentLogger } from "../src/log.ts";
 import { encodeTwin, loadTwin } from "../src/storage/twin_store.ts";
 import { newTwinRecord, type TwinRecord } from "../src/twin/state.ts";
@@ -625,4 +626,18 @@ Deno.test("storage: a twin with every field away from its default loads back the
     await kv.set(["twins", "fresh"], head);
     assertEquals((await loadTwin(kv, "fresh"))!.state, fresh);
   });
+});
+
+Deno.test("bus: a listener that throws is reported, and the listeners after it are still told", () => {
+  const failures: string[] = [];
+  const bus = new EventBus((error) => failures.push(String(error)));
+  const told: string[] = [];
+  bus.subscribe("d1", () => {
+    throw new Error("listener bug");
+  });
+  bus.subscribe("d1", (notice) => told.push(`d1 ${notice.type}`));
+  bus.subscribe("*", (notice) => told.push(`all ${notice.type}`));
+  bus.publish({ type: "twin.changed", deviceId: "d1", version: 2, parts: ["reported"] });
+  assertEquals(told, ["d1 twin.changed", "all twin.changed"]);
+  assertEquals(failures, ["Error: listener bug"]);
 });

@@ -15,6 +15,15 @@ export class EventBus {
   // does not disturb the walk.
   #byDevice = new Map<string, Listener[]>();
   #all: Listener[] = [];
+  #onError: (error: unknown, notice: Notice) => void;
+
+  /**
+   * A bus that tells `onError` when a listener throws: the other listeners are still told, and
+   * the publisher (a twin's committed turn) never sees the error.
+   */
+  constructor(onError: (error: unknown, notice: Notice) => void) {
+    this.#onError = onError;
+  }
 
   /** Subscribes to one device's notices (or every device's with `"*"`); returns the unsubscribe. */
   subscribe(deviceId: string, listener: Listener): () => void {
@@ -36,9 +45,17 @@ export class EventBus {
   publish(notice: Notice): void {
     const deviceId = "deviceId" in notice ? notice.deviceId : notice.command.deviceId;
     const device = this.#byDevice.get(deviceId) ?? NONE;
-    for (let i = 0; i < device.length; i++) device[i](notice);
+    for (let i = 0; i < device.length; i++) this.#tell(device[i], notice);
     const all = this.#all;
-    for (let i = 0; i < all.length; i++) all[i](notice);
+    for (let i = 0; i < all.length; i++) this.#tell(all[i], notice);
+  }
+
+  #tell(listener: Listener, notice: Notice): void {
+    try {
+      listener(notice);
+    } catch (error) {
+      this.#onError(error, notice);
+    }
   }
 
   /**
