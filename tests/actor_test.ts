@@ -15,6 +15,7 @@ import { silentLogger } from "../src/log.ts";
 import { encodeTwin, loadTwin } from "../src/storage/twin_store.ts";
 import { newTwinRecord, type TwinRecord } from "../src/twin/state.ts";
 import { loadKinds } from "../src/twin/loader.ts";
+import { TIMER_RETRY_MS } from "../src/twin/runtime.ts";
 
 const wallClock: Clock = { now: () => Date.now() };
 
@@ -640,4 +641,42 @@ Deno.test("bus: a listener that throws is reported, and the listeners after it a
   bus.publish({ type: "twin.changed", deviceId: "d1", version: 2, parts: ["reported"] });
   assertEquals(told, ["d1 twin.changed", "all twin.changed"]);
   assertEquals(failures, ["Error: listener bug"]);
+});
+
+Deno.test("timers: a tick that fails is tried again a minute later, not every sweep", async () => {
+  await withKv(async (kv, track) => {
+    const clock = new ManualClock(Date.parse("2026-01-01T00:00:00Z"));
+    // Registered where thermostats are known: its no-data rule sets a timer.
+    const first = track(await app(kv, { clock }));
+    await first.registry.register({ id: "th1", kind: "thermostat" });
+    const timers = async () => {
+      const found: number[] = [];
+      for await (const e of kv.list({ prefix: ["timers"] })) found.push(e.key[1] as number);
+      return found;
+    };
+    const [dueAt] = await timers();
+    assert(dueAt > clock.now(), "the twin has a timer");
+    // A process without the thermostat kind cannot run its turn.
+    const second = track(
+      await createApp({
+        kv,
+        clock,
+        kinds: new Map([...KINDS].filter(([name]) => name !== "thermostat")),
+        secret: "test-secret-0123456789abcdef",
+        adminToken: ADMIN_TOKEN,
+        logger: silentLogger,
+      }),
+    );
+    clock.advance(dueAt + 1 - clock.now());
+    assertEquals(await second.runtime.runDueTimers(), 1);
+    assertEquals(await timers(), [dueAt + 1 + TIMER_RETRY_MS], "moved a minute on");
+    assertEquals(await second.runtime.runDueTimers(), 0, "not due again at once");
+    // Where the kind is known, the moved tick still runs what was due (the no-data rule fires,
+    // which needs no further timer), and the twin deletes the moved key as stale to it.
+    clock.advance(TIMER_RETRY_MS + 1);
+    assertEquals(await first.runtime.runDueTimers(), 1);
+    const twin = (await loadTwin(kv, "th1"))!.state;
+    assertEquals(twin.rules.silent?.active, true);
+    assertEquals(await timers(), twin.timerAt === null ? [] : [twin.timerAt]);
+  });
 });

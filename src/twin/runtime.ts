@@ -33,6 +33,8 @@ export const DEDUPE_WINDOW_MS = 24 * 3_600_000;
 export const IDEMPOTENCY_WINDOW_MS = 24 * 3_600_000;
 /** How long twin events are kept (30 days). */
 export const EVENT_RETENTION_MS = 30 * 86_400_000;
+/** When a twin's timer tick failed, how long until it is tried again (1 minute). */
+export const TIMER_RETRY_MS = 60_000;
 
 /** What the runtime needs. */
 export interface TwinRuntimeOptions {
@@ -248,11 +250,23 @@ export class TwinRuntime {
         this.send(id, { type: "tick", dueAt }).catch(async (error) => {
           if (error instanceof DoppelError && error.code === "not_found") {
             await this.#kv.delete(entry.key); // The twin is gone; so is its timer.
-          } else {
-            this.#logger.log("error", "timers", `Timer for twin ${id} failed: ${error}`, {
-              deviceId: id,
-            });
+            return;
           }
+          // Tried again in a minute (say, its kind is no longer loaded): the timer moves on, so
+          // it neither fills the log every second nor keeps a place among the first 1,000 due
+          // timers while the others wait. The tick at the new time is stale to the twin, which
+          // then deletes it and sets its own.
+          const retryAt = this.#clock.now() + TIMER_RETRY_MS;
+          this.#logger.log(
+            "error",
+            "timers",
+            `Timer for twin ${id} failed (tried again at ${
+              new Date(retryAt).toISOString()
+            }): ${error}`,
+            { deviceId: id },
+          );
+          await this.#kv.atomic().check(entry).delete(entry.key)
+            .set(keys.timer(retryAt, id), null).commit();
         }),
       );
     }
