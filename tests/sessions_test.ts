@@ -112,3 +112,27 @@ Deno.test("sessions: a desired change that commits while a catch-up read is in f
     await app.dispose();
   }
 });
+
+Deno.test("sessions: a device disabled between its authentication and its session opening is kicked at once", async () => {
+  const app = await testApp();
+  try {
+    const { id } = await app.register({ id: "s2" });
+    const kicked: string[] = [];
+    const downlink: Downlink = {
+      transport: "ws",
+      ready: () => true,
+      pushDesired: () => Promise.resolve(true),
+      pushCommand: () => Promise.resolve(true),
+      kick: (reason) => kicked.push(reason),
+    };
+    // Authenticated (the record read), then disabled before the session is registered.
+    const device = await app.registry.get(id);
+    assert(device);
+    await app.registry.update(id, { enabled: false });
+    const session = await app.sessions.open(device, downlink);
+    assertEquals(kicked, ["disabled"]);
+    await session.close("test over");
+  } finally {
+    await app.dispose();
+  }
+});

@@ -103,6 +103,14 @@ export class SessionHub {
       this.#sessions.delete(session);
       throw error;
     }
+    // The device was authenticated a moment ago: a change made since (disabled, deleted, its key
+    // retired) found no session to end. Registered now, it is ended by any later change, and
+    // here for an earlier one.
+    const now = await this.#registry.get(device.id);
+    if (!now?.enabled) session.kick(now ? "disabled" : "deleted");
+    else if (options.keyId && !now.keys.some((k) => k.sealed === options.keyId)) {
+      session.kick("key revoked");
+    }
     return session;
   }
 
