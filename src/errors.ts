@@ -25,6 +25,18 @@ export const ERROR_STATUS = {
 /** One of the contract's error codes. */
 export type ErrorCode = keyof typeof ERROR_STATUS;
 
+/**
+ * A 400 about a request body (or frame, or message) as a whole: its details name the field
+ * `(body)`, as every 400's details name a field.
+ */
+export function bodyError(
+  code: "invalid_json" | "bad_request",
+  message: string,
+  fieldMessage: string,
+): DoppelError {
+  return new DoppelError(code, message, { fields: [{ field: "(body)", message: fieldMessage }] });
+}
+
 /** An error that reaches the caller as `{"error": {code, message, details}}`. */
 export class DoppelError extends Error {
   /** The machine-readable code. */

@@ -232,7 +232,17 @@ test("telemetry: a batch is accepted whole; the last reading wins", async (t) =>
 test("telemetry and patches nested deeper than 32 levels are refused with 400, writing nothing", async (t) => {
   const d = await t.register({ id: "deep1", kind: "generic" });
   const nest = (levels: number) => '{"a":'.repeat(levels) + "1" + "}".repeat(levels);
-  await expectError(await t.dev(d, "POST", "/device/v1/telemetry", nest(40)), 400, "bad_request");
+  const deep = await expectError(
+    await t.dev(d, "POST", "/device/v1/telemetry", nest(40)),
+    400,
+    "bad_request",
+  );
+  assertEquals(fields(deep), ["(body)"]);
+  // Like every 400, a body that is not JSON, or an empty batch, names the field: the body.
+  const notJson = await t.dev(d, "POST", "/device/v1/telemetry", "{nope");
+  assertEquals(fields(await expectError(notJson, 400, "invalid_json")), ["(body)"]);
+  const empty = await t.dev(d, "POST", "/device/v1/telemetry", []);
+  assertEquals(fields(await expectError(empty, 400, "bad_request")), ["(body)"]);
   await expectError(
     await t.dev(d, "PATCH", "/device/v1/twin/reported", nest(33)),
     400,

@@ -12,7 +12,7 @@
 import { Aedes, type AuthenticateError, type Client, type Connection } from "aedes";
 import { Buffer } from "node:buffer";
 import type { CommandRecord } from "../commands/model.ts";
-import { DoppelError } from "../errors.ts";
+import { bodyError, DoppelError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
@@ -361,7 +361,11 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     }
     const body = parseBody(payload, `The message on ${topic.op}`);
     if (topic.op === "telemetry" && body === undefined) {
-      throw new DoppelError("invalid_json", "A telemetry message needs a JSON body.");
+      throw bodyError(
+        "invalid_json",
+        "A telemetry message needs a JSON body.",
+        "must be a JSON document",
+      );
     }
     const result = await applyUplink(deps, target.id, topic.op, body, "mqtt", topic.commandId);
     if (topic.op === "twin.get") {

@@ -3,7 +3,7 @@
  * twin read and a command result. WebSocket frames and MQTT topics translate to these.
  * @module
  */
-import { DoppelError, validationError } from "../errors.ts";
+import { bodyError, DoppelError, validationError } from "../errors.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import { isObject, type Json, MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
 import type { Transport } from "../twin/presence.ts";
@@ -86,16 +86,24 @@ export function parseBody(bytes: Uint8Array, what: string): unknown {
   try {
     text = DECODER.decode(bytes);
   } catch {
-    throw new DoppelError("invalid_json", `${what} is not valid UTF-8.`);
+    throw bodyError("invalid_json", `${what} is not valid UTF-8.`, "must be valid UTF-8");
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new DoppelError("invalid_json", `${what} is not valid JSON: ${(error as Error).message}`);
+    throw bodyError(
+      "invalid_json",
+      `${what} is not valid JSON: ${(error as Error).message}`,
+      "must be valid JSON",
+    );
   }
   if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
-    throw new DoppelError("bad_request", `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`);
+    throw bodyError(
+      "bad_request",
+      `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`,
+      `must nest at most ${MAX_JSON_DEPTH} levels`,
+    );
   }
   return value;
 }

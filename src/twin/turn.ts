@@ -15,7 +15,7 @@ import {
   expireDue,
   transition,
 } from "../commands/model.ts";
-import { DoppelError, type FieldIssue, validationError } from "../errors.ts";
+import { bodyError, DoppelError, type FieldIssue, validationError } from "../errors.ts";
 import {
   applyMergePatch,
   isObject,
@@ -684,7 +684,13 @@ class Turn {
 
   #telemetry(draft: Draft, items: unknown[]): { accepted: number; duplicates: number } {
     const { kind, now } = this.#env;
-    if (items.length === 0) throw new DoppelError("bad_request", "The telemetry batch is empty.");
+    if (items.length === 0) {
+      throw bodyError(
+        "bad_request",
+        "The telemetry batch is empty.",
+        "must hold at least one item",
+      );
+    }
     if (items.length > TWIN_LIMITS.maxBatchItems) {
       throw new DoppelError(
         "payload_too_large",

@@ -5,7 +5,7 @@
  */
 import type { Context } from "hono";
 import type { z } from "zod";
-import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { bodyError, DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
 import { zodIssues } from "../twin/turn.ts";
 
@@ -46,22 +46,31 @@ export async function readJsonRequest(
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
-    throw new DoppelError("invalid_json", "The body is not valid UTF-8.");
+    throw bodyError("invalid_json", "The body is not valid UTF-8.", "must be valid UTF-8");
   }
   if (text.trim() === "") {
-    throw new DoppelError("invalid_json", "The body is empty; send a JSON document.");
+    throw bodyError(
+      "invalid_json",
+      "The body is empty; send a JSON document.",
+      "must be a JSON document",
+    );
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new DoppelError(
+    throw bodyError(
       "invalid_json",
       `The body is not valid JSON: ${(error as Error).message}`,
+      "must be valid JSON",
     );
   }
   if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
-    throw new DoppelError("bad_request", `The body nests deeper than ${MAX_JSON_DEPTH} levels.`);
+    throw bodyError(
+      "bad_request",
+      `The body nests deeper than ${MAX_JSON_DEPTH} levels.`,
+      `must nest at most ${MAX_JSON_DEPTH} levels`,
+    );
   }
   return value;
 }
