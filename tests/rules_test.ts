@@ -495,3 +495,68 @@ Deno.test("alarms API: filters, acknowledge then clear, 409 and 404, events", as
     await app.dispose();
   }
 });
+
+Deno.test("rules: a refused action is recorded, and the alarm it came with is raised and cleared all the same", async () => {
+  const clock = new ManualClock();
+  const rule = threshold({
+    name: "hot",
+    metric: "temp",
+    above: 30,
+    alarm: { severity: "major" },
+    onRaise: [{ command: "fan", payload: {} }],
+    onClear: [{ command: "fan", payload: {} }],
+  });
+  const app = await testApp({ clock, kinds: kinds([rule]) });
+  try {
+    const { id } = await app.register({ id: "r1", kind: "sensor" });
+    // The pending command queue is full, so every action the rule asks for is refused.
+    for (let i = 0; i < 100; i++) {
+      await app.runtime.send(id, { type: "command.create", name: "other", payload: {} });
+    }
+    await reading(app, clock, id, { temp: 35 }, SEC);
+    assertEquals((await openAlarms(app, id)).map((a: Json) => a.type), ["hot"]);
+    await reading(app, clock, id, { temp: 20 }, SEC);
+    assertEquals(await openAlarms(app, id), []);
+    assertEquals((await events(app, id, "rule.failed")).length, 2, "both refusals recorded");
+  } finally {
+    await app.dispose();
+  }
+});
+
+Deno.test("rules: a late reading (stamped before the latest) goes to history, not to the rules", async () => {
+  const clock = new ManualClock();
+  const rule = threshold({ name: "hot", metric: "temp", above: 30, for: "1m" });
+  const rate = rateOfChange({ name: "fall", metric: "temp", fallingPerMinute: 5 });
+  const app = await testApp({ clock, kinds: kinds([rule, rate]) });
+  try {
+    const { id } = await app.register({ id: "r2", kind: "sensor" });
+    await reading(app, clock, id, { temp: 20 }, SEC);
+    // A hot reading stamped a minute ago arrives late, then a hot one now: `for` (1 min) has not
+    // passed since the readings turned hot, and the late one is no fall of 15 a second.
+    await app.runtime.telemetry(id, [{ ts: clock.now() - MIN, temp: 35 }]);
+    await reading(app, clock, id, { temp: 35 }, SEC);
+    await reading(app, clock, id, { temp: 35 }, SEC);
+    assertEquals(await openAlarms(app, id), []);
+    assertEquals(await events(app, id, "rule"), []);
+  } finally {
+    await app.dispose();
+  }
+});
+
+Deno.test("no data: silence is measured from arrival, so a device whose clock is behind is not silent", async () => {
+  const clock = new ManualClock();
+  const rule = noData({ name: "silent", for: "1m", alarm: { severity: "warning" } });
+  const app = await testApp({ clock, kinds: kinds([rule]) });
+  try {
+    const { id } = await app.register({ id: "r3", kind: "sensor" });
+    // Readings every 10 s, stamped by a device clock 20 minutes behind.
+    for (let i = 0; i < 12; i++) {
+      await app.runtime.telemetry(id, [{ ts: clock.now() - 20 * MIN, temp: 20 }]);
+      clock.advance(10 * SEC);
+      await app.runtime.runDueTimers();
+    }
+    assertEquals(await alarmsOf(app, id), []);
+  } finally {
+    await app.dispose();
+  }
+});

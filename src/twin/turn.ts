@@ -527,9 +527,10 @@ class Turn {
       draft.changed = true;
     }
     if (!firing.change) return;
-    const saved = checkpoint(draft);
-    try {
-      const type = rule.alarm?.type ?? rule.name;
+    const type = rule.alarm?.type ?? rule.name;
+    // The alarm (or event) first, in a step of its own: a refused action must not take it back,
+    // since the rule's state has moved on and would not raise or clear it again.
+    this.#ruleStep(draft, rule, () => {
       if (firing.change === "raise") {
         if (rule.alarm) {
           this.#raiseAlarm(
@@ -540,12 +541,24 @@ class Turn {
             { rule: rule.name, ...firing.details },
           );
         } else this.#recordEvent(draft, "rule.fired", { rule: rule.name, ...firing.details });
-        for (const action of rule.onRaise ?? []) this.#act(draft, action);
       } else {
         if (rule.alarm) this.#clearAlarm(draft, type, `rule ${rule.name}`);
         else this.#recordEvent(draft, "rule.cleared", { rule: rule.name, ...firing.details });
-        for (const action of rule.onClear ?? []) this.#act(draft, action);
       }
+    });
+    const actions = firing.change === "raise" ? rule.onRaise : rule.onClear;
+    if (actions && actions.length > 0) {
+      this.#ruleStep(draft, rule, () => {
+        for (const action of actions) this.#act(draft, action);
+      });
+    }
+  }
+
+  /** Runs one step of a firing rule; if it is refused, undoes the step and records why. */
+  #ruleStep(draft: Draft, rule: Rule, step: () => void): void {
+    const saved = checkpoint(draft);
+    try {
+      step();
     } catch (error) {
       // A rule whose action is refused (say, a command over the pending cap) does not lose the
       // reading: its state moves on, the refusal is recorded.
@@ -786,18 +799,25 @@ class Turn {
       const at = item.ts === now ? this.#nowIso : new Date(item.ts).toISOString();
       // An item older than what is already shown goes to history only: `last` never goes back.
       // (ISO 8601 times of the same form compare as text, without parsing one per reading.)
-      if (telemetry.lastAt === null || at >= telemetry.lastAt) {
+      // Rules follow the readings in order too: a late one (backfill, a resend) would otherwise
+      // start or end a duration from the past, or compare a rate against the wrong reading.
+      const late = telemetry.lastAt !== null && at < telemetry.lastAt;
+      if (!late) {
         this.#set(draft, "telemetry", { last: { ...telemetry.last, ...item.values }, lastAt: at });
       }
       if (keepHistory) this.#keepHistory(draft, item.ts, item.values);
-      for (const rule of kind.rules) {
+      for (let r = 0; r < kind.rules.length && !late; r++) {
+        const rule = kind.rules[r];
         const metric = "metric" in rule ? rule.metric : undefined;
         const value = metric === undefined ? undefined : numericValue(item.values[metric]);
         if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
+        // Silence is measured on the server's clock, from when readings arrive: a device whose
+        // clock is behind is not silent, and the timer that wakes the twin runs on this clock.
+        const time = rule.rule === "no_data" ? now : item.ts;
         this.#applyFiring(
           draft,
           rule,
-          onReading(rule, this.#ruleState(draft.state, rule), item.ts, value),
+          onReading(rule, this.#ruleState(draft.state, rule), time, value),
         );
       }
       const onTelemetry = kind.handlers.onTelemetry;
