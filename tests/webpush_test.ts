@@ -6,6 +6,7 @@
  * never holds up a twin.
  * @module
  */
+import { expectInvalid } from "./api_assertions.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { type TestApp, testApp } from "./helpers.ts";
 import {
@@ -194,6 +195,30 @@ Deno.test("web push: a subscription whose endpoint answers 410 is removed", asyn
     receiver.release(); // a hanging push must not hold up the app's close
     await app.dispose();
     await receiver.close();
+  }
+});
+
+Deno.test("web push: a subscription with keys nothing can be encrypted to is refused, naming them", async () => {
+  const app = await testApp();
+  try {
+    const good = (await browserKeys()).json;
+    for (
+      const [keys, field] of [
+        [{ ...good, p256dh: "x" }, "keys.p256dh"],
+        [{ ...good, p256dh: good.auth }, "keys.p256dh"],
+        [{ ...good, auth: "not base64url!" }, "keys.auth"],
+      ] as const
+    ) {
+      const res = await app.op("POST", "/api/v1/push/subscriptions", {
+        endpoint: "https://push.example/x",
+        keys,
+      });
+      await expectInvalid(res, field);
+    }
+    const listed = await (await app.op("GET", "/api/v1/push/subscriptions")).json();
+    assertEquals(listed.items, []);
+  } finally {
+    await app.dispose();
   }
 });
 

@@ -197,12 +197,26 @@ export class PushNotifier {
 
   async #send(subscription: StoredSubscription, payload: Record<string, unknown>): Promise<void> {
     let response: Response;
+    let details: ReturnType<typeof webpush.generateRequestDetails>;
     try {
-      const details = webpush.generateRequestDetails(subscription, JSON.stringify(payload), {
+      details = webpush.generateRequestDetails(subscription, JSON.stringify(payload), {
         vapidDetails: this.#vapid,
         TTL: 3600,
         urgency: "high",
       });
+    } catch (error) {
+      // Nothing can ever be encrypted to this subscription (its keys are unusable): it goes,
+      // rather than failing on every alarm.
+      this.stats.removed++;
+      await this.#kv.delete(keys.pushSubscription(subscription.id));
+      this.#logger.log(
+        "warn",
+        "push",
+        `Subscription ${subscription.id} cannot be sent to (${error}); removed it.`,
+      );
+      return;
+    }
+    try {
       response = await this.#fetch(details.endpoint, {
         method: details.method,
         headers: details.headers as Record<string, string>,

@@ -17,12 +17,31 @@ const STATES = new Set(["active", "acknowledged", "cleared"]);
 export const PushSubscriptionBody = z.strictObject({
   endpoint: z.url({ protocol: /^https?$/ }).max(2048),
   keys: z.object({
-    p256dh: z.string().min(1).max(256),
-    auth: z.string().min(1).max(64),
+    // What web push encrypts to: a P-256 public key, uncompressed (65 bytes, first 0x04), and a
+    // 16-byte secret, each base64url. Anything else could never be sent to.
+    p256dh: z.string().max(256).refine(
+      (text) => base64urlBytes(text)?.length === 65 && base64urlBytes(text)![0] === 4,
+      "must be a base64url P-256 public key (65 bytes, uncompressed)",
+    ),
+    auth: z.string().max(64).refine(
+      (text) => base64urlBytes(text)?.length === 16,
+      "must be a base64url 16-byte secret",
+    ),
   }),
   expirationTime: z.number().nullable().optional(),
   severities: z.array(z.enum(SEVERITIES)).min(1).optional(),
 });
+
+/** The bytes of base64url `text` (padding optional), or `null` if it is not base64url. */
+function base64urlBytes(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) return null;
+  try {
+    const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
+  }
+}
 
 /** Routes for alarms and push subscriptions. */
 export function alarmsApi(s: Services): Hono {
