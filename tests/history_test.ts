@@ -595,3 +595,53 @@ Deno.test("history: an open bucket's sum that would overflow stays the largest d
     await t.dispose();
   }
 });
+
+/** Every item of a query, page by page with `limit`. */
+async function allItems(app: TestApp, id: string, query: Record<string, string>): Promise<Json[]> {
+  const items: Json[] = [];
+  let cursor: string | null = null;
+  do {
+    const params = new URLSearchParams({ ...query, ...(cursor ? { cursor } : {}) });
+    const res = await app.op("GET", `/api/v1/devices/${id}/telemetry?${params}`);
+    const page = await res.json();
+    assertEquals(res.status, 200, JSON.stringify(page));
+    items.push(...page.items);
+    cursor = page.cursor;
+  } while (cursor);
+  return items;
+}
+
+Deno.test("history: points stamped with fractions of a millisecond are all paged through", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T10:00:00Z"));
+  const app = await testApp({ clock, kinds: meterKind() });
+  try {
+    await app.register({ id: "frac", kind: "meter" });
+    const t = clock.now() - MIN;
+    const batch = [0.25, 0.75, 1.5, 2.0].map((dt, i) => ({ ts: t + dt, power: i + 1 }));
+    await app.runtime.telemetry("frac", batch);
+    const range = { metric: "power", from: String(t - 1000), to: String(t + 1000) };
+    const paged = await allItems(app, "frac", { ...range, limit: "1" });
+    assertEquals(paged.map((p) => p.value), [1, 2, 3, 4]);
+  } finally {
+    await app.dispose();
+  }
+});
+
+Deno.test("history: a late point merged into a stored bucket keeps its average finite", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T10:00:00Z"));
+  const app = await testApp({ clock, kinds: meterKind() });
+  try {
+    await app.register({ id: "ovf", kind: "meter" });
+    const t = clock.now();
+    await app.runtime.telemetry("ovf", [{ ts: t, power: 1e308 }, { ts: t + 1, power: 1e308 }]);
+    clock.advance(MIN);
+    await app.runtime.telemetry("ovf", [{ ts: t + MIN, power: 1 }]); // closes minute 0
+    await app.runtime.telemetry("ovf", [{ ts: t + 2, power: 1e308 }]); // late, into minute 0
+    const query = { metric: "power", from: String(t), to: String(t + MIN), bucket: "1m" };
+    const [bucket] = await allItems(app, "ovf", query);
+    assertEquals(bucket.count, 3);
+    assert(Number.isFinite(bucket.avg), `avg ${bucket.avg}`);
+  } finally {
+    await app.dispose();
+  }
+});

@@ -16,7 +16,7 @@ import {
 } from "../src/twin/json.ts";
 import { defineTwin, type TwinKind, z } from "../src/mod.ts";
 import { newTwinRecord, type TwinRecord } from "../src/twin/state.ts";
-import { metricView } from "../src/telemetry/history.ts";
+import { emptyHistory, HistoryWriter, metricView } from "../src/telemetry/history.ts";
 import { runTurn, type TurnReads, type TurnResult, type TwinMessage } from "../src/twin/turn.ts";
 import thermostat from "../twins/thermostat.ts";
 
@@ -829,4 +829,22 @@ Deno.test("turn: a kind that stops keeping history for a field drops what its tw
     ["extra", "power"],
     "the state the turn started from is untouched",
   );
+});
+
+Deno.test("history writer: restore goes back to a mark, forgetting the rollups and raw chunks since", () => {
+  const writer = new HistoryWriter("d1", { has: () => true, get: () => null } as never);
+  let history = emptyHistory();
+  history = writer.add(history, "power", T0, 1);
+  const mark = writer.mark();
+  writer.checkpoint();
+  // A point two minutes on closes the open minute (a rollup write); twenty flush raw points.
+  let next = history;
+  for (let i = 1; i <= 20; i++) next = writer.add(next, "power", T0 + 120_000 + i, i);
+  assert(writer.rollupChunks().length > 0 && writer.raw.length > 0);
+  writer.restore(mark);
+  assertEquals(writer.rollupChunks(), []);
+  assertEquals(writer.raw, []);
+  // The history it had is untouched, and goes on from there.
+  assertEquals(metricView(history, "power")?.buffer.map(([, v]) => v), [1]);
+  assertEquals(metricView(writer.add(history, "power", T0 + 1, 2), "power")?.buffer.length, 2);
 });

@@ -10,6 +10,7 @@ import {
   bucketStart,
   CHUNK_MS,
   chunkStart,
+  finiteSum,
   type Level,
   LEVELS,
   mergeIntoChunk,
@@ -151,6 +152,14 @@ export interface RollupChunkWrite {
   chunk: RollupChunk;
 }
 
+/** What a {@link HistoryWriter} had collected at one point of a turn. */
+export interface HistoryMark {
+  /** Raw chunks flushed by then. */
+  raw: number;
+  /** Rollup chunks changed by then. */
+  rollups: Map<string, RollupChunkWrite> | undefined;
+}
+
 /** Collects a turn's history changes: raw chunks to write and rollup chunks to rewrite. */
 export class HistoryWriter {
   /** Raw chunks flushed in this turn. */
@@ -167,6 +176,18 @@ export class HistoryWriter {
   constructor(deviceId: string, stored: ReadonlyMap<string, RollupChunk | null>) {
     this.#deviceId = deviceId;
     this.#stored = stored;
+  }
+
+  /** What it has collected so far: to go back to if the message about to apply fails. */
+  mark(): HistoryMark {
+    return { raw: this.raw.length, rollups: this.#rollups && new Map(this.#rollups) };
+  }
+
+  /** Forgets what it collected since `mark` (that message failed and its state was rolled back). */
+  restore(mark: HistoryMark): void {
+    this.raw.length = mark.raw;
+    this.#rollups = mark.rollups;
+    this.#owned = undefined;
   }
 
   /** Rollup chunks changed in this turn. */
@@ -237,14 +258,8 @@ export class HistoryWriter {
       else if (start === m[at]) {
         if (value < m[at + 1]) m[at + 1] = value;
         if (value > m[at + 2]) m[at + 2] = value;
-        // A sum past the largest double would be Infinity here and null once stored as JSON:
-        // it stops at the largest double instead, the same in memory and in KV.
-        const sum = m[at + 3] + value;
-        m[at + 3] = sum === Infinity
-          ? Number.MAX_VALUE
-          : sum === -Infinity
-          ? -Number.MAX_VALUE
-          : sum;
+        // A sum past the largest double would be Infinity here and null once stored as JSON.
+        m[at + 3] = finiteSum(m[at + 3] + value);
         m[at + 4] += 1;
         if (ts >= m[at] + m[at + 6]) {
           m[at + 5] = value;

@@ -124,7 +124,7 @@ export function addPoint(bucket: Bucket, ts: number, value: number): Bucket {
     start: bucket.start,
     min: Math.min(bucket.min, value),
     max: Math.max(bucket.max, value),
-    sum: bucket.sum + value,
+    sum: finiteSum(bucket.sum + value),
     count: bucket.count + 1,
     last: later ? value : bucket.last,
     lastTs: later ? ts : bucket.lastTs,
@@ -138,11 +138,19 @@ export function mergeBuckets(a: Bucket, b: Bucket): Bucket {
     start: a.start,
     min: Math.min(a.min, b.min),
     max: Math.max(a.max, b.max),
-    sum: a.sum + b.sum,
+    sum: finiteSum(a.sum + b.sum),
     count: a.count + b.count,
     last: later ? b.last : a.last,
     lastTs: later ? b.lastTs : a.lastTs,
   };
+}
+
+/**
+ * `sum`, or the largest double of its sign if it overflowed: JSON would store Infinity as null,
+ * and the bucket's average with it.
+ */
+export function finiteSum(sum: number): number {
+  return sum === Infinity ? Number.MAX_VALUE : sum === -Infinity ? -Number.MAX_VALUE : sum;
 }
 
 /** A chunk with `bucket` merged in (added, or combined with the one of the same start). */

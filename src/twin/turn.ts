@@ -313,11 +313,15 @@ class Turn {
     draft.owned = false;
     draft.ownedRules = false;
     this.#history?.checkpoint();
+    // History writes (raw chunks flushed, rollups merged) go back with the message too.
+    const historyMark = this.#history?.mark();
     try {
       const value = this.#dispatch(draft, message);
       return { ok: true, value };
     } catch (error) {
       rollback(draft, saved ?? startOf(this.#record));
+      if (historyMark) this.#history!.restore(historyMark);
+      else this.#history = undefined; // Made by this message: all of it was this message's.
       if (error instanceof DoppelError) return { ok: false, error };
       if (error instanceof NeedsRead) throw error;
       // Anything else (a bug, or input past what the turn can take) fails this message alone:
@@ -325,7 +329,7 @@ class Turn {
       draft.notices.push({
         type: "log",
         level: "error",
-        message: `A ${message.type} message could not be applied: ${error}`,
+        message: `A ${message.type} message could not be applied: ${describe(error)}`,
         deviceId: draft.state.id,
       });
       return {
@@ -563,7 +567,7 @@ class Turn {
       // A rule whose action is refused (say, a command over the pending cap) does not lose the
       // reading: its state moves on, the refusal is recorded.
       rollback(draft, saved);
-      const message = error instanceof Error ? error.message : String(error);
+      const message = describe(error);
       this.#recordEvent(draft, "rule.failed", { rule: rule.name, message });
       draft.notices.push({
         type: "log",
@@ -1180,7 +1184,7 @@ class Turn {
     } catch (error) {
       ctx.close();
       if (saved) rollback(draft, saved);
-      const message = error instanceof Error ? error.message : String(error);
+      const message = describe(error);
       this.#recordEvent(draft, "handler.failed", { handler: name, message });
       draft.notices.push({
         type: "log",
@@ -1409,9 +1413,20 @@ function nextDue(pending: CommandRecord[]): number | null {
 }
 
 /** `undefined` when absent, `null` when present but unreadable, else epoch ms. */
+/** What was thrown, as text, whatever it is (kind code may throw anything, even what String() refuses). */
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  try {
+    return String(error);
+  } catch {
+    return Object.prototype.toString.call(error);
+  }
+}
+
 function parseTs(ts: unknown): number | undefined | null {
   if (ts === undefined) return undefined;
-  if (typeof ts === "number") return Number.isFinite(ts) ? ts : null;
+  // Whole milliseconds, as ISO times have: a query's cursor steps from one millisecond to the next.
+  if (typeof ts === "number") return Number.isFinite(ts) ? Math.round(ts) : null;
   if (typeof ts === "string") {
     const ms = Date.parse(ts);
     return Number.isNaN(ms) ? null : ms;
