@@ -645,3 +645,80 @@ Deno.test("history: a late point merged into a stored bucket keeps its average f
     await app.dispose();
   }
 });
+
+Deno.test("history retention: a bucket past its level's retention is not served, though its chunk is still kept", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T00:00:00.000Z"));
+  const app = await testApp({ clock, kinds: meterKind({ "1m": "1h" }) });
+  try {
+    await app.register({ id: "r5", kind: "meter" });
+    const start = clock.now();
+    for (let i = 0; i < 10; i++) {
+      await app.runtime.telemetry("r5", [{ ts: clock.now(), power: i }]);
+      clock.advance(MIN);
+    }
+    // Three hours on: the minutes ended over an hour ago, though their chunk (6 h) is not due.
+    clock.advance(3 * HOUR);
+    await app.runtime.telemetry("r5", [{ ts: clock.now(), power: 99 }]);
+    await app.runtime.sweepExpired();
+    assert((await count(app.kv, ["rollups", "r5", "power", "1m"])) > 0, "the chunk is kept");
+    const params = new URLSearchParams({
+      metric: "power",
+      bucket: "1m",
+      from: String(start),
+      to: String(clock.now()),
+    });
+    const minutes = (await getJson(app, `/api/v1/devices/r5/telemetry?${params}`)).items;
+    assertEquals(minutes.map((b: Json) => b.count), [1], "only the minute within the hour");
+  } finally {
+    await app.dispose();
+  }
+});
+
+Deno.test("history: a raw page reads the chunks it needs, not the whole range", async () => {
+  const clock = new ManualClock(Date.parse("2026-11-26T00:00:00.000Z"));
+  let listed = 0;
+  const kv = await Deno.openKv(":memory:");
+  const counting = new Proxy(kv, {
+    get(target, name) {
+      if (name !== "list") {
+        const value = Reflect.get(target, name, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      }
+      return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+        const inner = target.list(selector, options);
+        return (async function* () {
+          for await (const entry of inner) {
+            if (entry.key[0] === "telemetry") listed++;
+            yield entry;
+          }
+        })();
+      };
+    },
+  });
+  const app = await testApp({ clock, kinds: meterKind(), kv: counting });
+  try {
+    await app.register({ id: "r6", kind: "meter" });
+    // 2,000 points, 10 s apart, sent now as a backlog: 100 raw chunks.
+    const start = clock.now() - 2000 * 10_000;
+    for (let i = 0; i < 100; i++) {
+      const items = Array.from(
+        { length: 20 },
+        (_, j) => ({ ts: start + (i * 20 + j) * 10_000, power: i * 20 + j }),
+      );
+      await app.runtime.telemetry("r6", items);
+    }
+    const query = { metric: "power", from: String(start), to: String(clock.now()) };
+    listed = 0;
+    const first = await getJson(
+      app,
+      `/api/v1/devices/r6/telemetry?${new URLSearchParams({ ...query, limit: "5" })}`,
+    );
+    assertEquals(first.items.map((p: Json) => p.value), [0, 1, 2, 3, 4]);
+    assert(listed <= 3, `read ${listed} chunks for one page of 5`);
+    // Paged through in pages of 7, every point comes once, in order.
+    const all = await allItems(app, "r6", { ...query, limit: "7" });
+    assertEquals(all.map((p: Json) => p.value), Array.from({ length: 2000 }, (_, i) => i));
+  } finally {
+    await app.dispose(); // Closes the KV too.
+  }
+});

@@ -67,19 +67,36 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     buffer: history.buffer.filter(([ts]) => ts + q.retention.raw > q.now),
     open: Object.fromEntries(
       Object.entries(history.open).filter(([level, bucket]) =>
-        rollupExpiry(level as Level, bucket!.start, q.retention) > q.now
+        bucketKept(level as Level, bucket!.start, q)
       ),
     ) as typeof history.open,
   };
   const from = q.after !== undefined ? Math.max(q.from, q.after + 1) : q.from;
   if (!q.bucket) {
     const points: Array<[number, number]> = [];
+    for (const point of held?.buffer ?? []) {
+      if (point[0] >= from && point[0] <= q.to) points.push(point);
+    }
+    // Chunks list by their earliest point, and each spans less than FLUSH_SPAN_MS: once a page's
+    // worth of points is in hand and the next chunk starts after the last of them, no later
+    // chunk can change the page. So a page reads the chunks it needs, not the whole range.
+    let sorted = false;
+    let more = false;
     for await (
       const entry of kv.list<Array<[number, number]>>({
         start: ["telemetry", q.deviceId, q.metric, from - FLUSH_SPAN_MS],
         end: ["telemetry", q.deviceId, q.metric, q.to + 1],
       })
     ) {
+      if (points.length >= q.limit) {
+        if (!sorted) points.sort((a, b) => a[0] - b[0]);
+        sorted = true;
+        if ((entry.key[3] as number) > points[q.limit - 1][0]) {
+          more = true;
+          break;
+        }
+      }
+      sorted = false;
       for (const point of entry.value) {
         // Past retention and not yet swept: gone all the same.
         if (point[0] >= from && point[0] <= q.to && point[0] + q.retention.raw > q.now) {
@@ -87,11 +104,12 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
         }
       }
     }
-    for (const point of held?.buffer ?? []) {
-      if (point[0] >= from && point[0] <= q.to) points.push(point);
-    }
     points.sort((a, b) => a[0] - b[0]);
     const page = pageOf(points, q.limit, (p) => p[0]);
+    // Stopped before the end: there is more after this page even if nothing read shows it.
+    if (more && page.cursor === null && page.items.length > 0) {
+      page.cursor = String(page.items[page.items.length - 1][0]);
+    }
     if (q.format === "columns") {
       return {
         metric: q.metric,
@@ -136,6 +154,8 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     for (let i = 0; i < c.start.length; i++) {
       const start = c.start[i];
       if (start > q.to || start + length <= q.from || start <= after) continue;
+      // A chunk is deleted once its last bucket is past retention; its earlier ones go sooner.
+      if (!bucketKept(level, start, q)) continue;
       if (openIn && start === open.start) continue; // Merged with the open one below.
       col.start.push(start);
       col.min.push(c.min[i]);
@@ -205,6 +225,11 @@ async function storedBucket(
 }
 
 /** The first `limit` items, never splitting items of the same time across pages. */
+/** Whether a bucket of `level` starting at `start` is still within retention at `q.now`. */
+function bucketKept(level: Level, start: number, q: HistoryQuery): boolean {
+  return start + BUCKET_MS[level] + q.retention[level] > q.now;
+}
+
 function pageOf<T>(items: T[], limit: number, time: (item: T) => number): {
   items: T[];
   cursor: string | null;
