@@ -292,6 +292,23 @@ Deno.test("mqtt commands: `delivered` only after the device's PUBACK", async () 
   });
 });
 
+Deno.test("mqtt commands: a QoS 0 subscription is refused, as delivery is counted on PUBACK", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "q0" });
+    const c = await f.mqtt(d);
+    const error = await c.client.subscribeAsync("devices/q0/commands/+", { qos: 0 })
+      .then(() => null, (e) => e as { packet?: { granted?: number[] } });
+    assertEquals(error?.packet?.granted, [128]);
+    const command = await f.sendCommand("q0", { name: "reboot", payload: {} });
+    await c.client.publishAsync("devices/q0/telemetry", json({ temperature: 1 }), { qos: 1 });
+    assertEquals(await status(f, "q0", command.id), "queued");
+    // At QoS 1 it is delivered, once the device has it.
+    await c.client.subscribeAsync("devices/q0/commands/+", { qos: 1 });
+    await c.nth(`devices/q0/commands/${command.id}`);
+    await waitStatus(f, "q0", command.id, "delivered");
+  });
+});
+
 Deno.test("mqtt commands: result round trip answers the operator's ?wait=", async () => {
   await withFixture(async (f) => {
     const d = await f.register({ id: "m1" });

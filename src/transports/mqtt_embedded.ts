@@ -120,6 +120,16 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   broker.authorizeSubscribe = (client, subscription, done) => {
     const conn = conns.get(client);
     const owner = filterDevice(subscription.topic);
+    // Commands count as delivered on the device's PUBACK: at QoS 0 there is none to count on.
+    if (
+      owner !== null && subscription.qos === 0 &&
+      topicMatches(subscription.topic, downTopic.command(owner, "x"))
+    ) {
+      log("warn", `Subscription to ${subscription.topic} at QoS 0 refused: commands need QoS 1.`, {
+        deviceId: conn?.device.id,
+      });
+      return done(null, null);
+    }
     allowed(conn, owner).then((ok) => {
       if (ok && owner !== conn!.device.id) conn!.children.set(owner!, true);
       if (ok) return done(null, subscription);
@@ -272,10 +282,19 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       }
       return best;
     };
-    const push = (topic: string, body: Record<string, unknown>): Promise<boolean> => {
+    const push = (
+      topic: string,
+      body: Record<string, unknown>,
+      needsAck = false,
+    ): Promise<boolean> => {
       const qos = subscriptionQos(topic);
       if (qos === undefined || client.closed) return Promise.resolve(false);
-      if (qos === 0) return publish(topic, body, 0).then(() => true); // Nothing to wait for.
+      if (qos === 0) {
+        // Nothing to wait for: fine for desired state (the device acknowledges it itself), not
+        // for a command, which is delivered only on a PUBACK.
+        if (needsAck) return Promise.resolve(false);
+        return publish(topic, body, 0).then(() => true);
+      }
       const messageId = nextIds.get(client) ?? 1;
       nextIds.set(client, messageId >= 65535 ? 1 : messageId + 1);
       const payload = Buffer.from(JSON.stringify(body));
@@ -305,7 +324,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
           name: command.name,
           payload: command.payload,
           expiresAt: command.expiresAt,
-        }),
+        }, true),
       kick: (reason) => {
         conn.reason = reason;
         client.close();
