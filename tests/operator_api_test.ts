@@ -564,6 +564,23 @@ test("DELETE of a gateway racing a child's registration under it never leaves th
   }
 });
 
+test("POST /devices for an id whose deletion is still removing data waits (409), or finishes a stalled one", async (t) => {
+  await t.register({ id: "gone1" });
+  assertEquals((await t.op("DELETE", "/api/v1/devices/gone1")).status, 204);
+  await json(await t.op("POST", "/api/v1/devices", { id: "gone1", kind: "thermostat" }), 201);
+
+  // Another process is deleting "gone2" now: its commands are still being removed.
+  await t.kv.set(["device_deletions", "gone2"], Date.now());
+  await t.kv.set(["commands", "gone2", 1], { stale: true });
+  const waiting = await t.op("POST", "/api/v1/devices", { id: "gone2", kind: "thermostat" });
+  await expectError(waiting, 409, "conflict");
+  // That process stopped half-way long ago: registering finishes the removal first.
+  await t.kv.set(["device_deletions", "gone2"], Date.now() - 11 * 60_000);
+  await json(await t.op("POST", "/api/v1/devices", { id: "gone2", kind: "thermostat" }), 201);
+  assertEquals((await t.kv.get(["commands", "gone2", 1])).value, null, "the old command is gone");
+  assertEquals((await t.kv.get(["device_deletions", "gone2"])).value, null);
+});
+
 // ---------------------------------------------------------------------------------------------
 // POST /api/v1/devices/{id}/keys
 

@@ -17,6 +17,12 @@ import type { AlarmRecord } from "../rules/alarms.ts";
 /** How long a device record read for authentication is trusted (ms). */
 export const AUTH_CACHE_MS = 1000;
 
+/**
+ * How long a registration of a deleted device's id waits for its data to be removed (409 meanwhile);
+ * past it, the deleting process is taken to have stopped, and registration finishes the removal.
+ */
+const DELETION_GRACE_MS = 10 * 60_000;
+
 /** Device ids: safe in URLs and MQTT topics. */
 export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -169,6 +175,18 @@ export class Registry {
       }]);
     }
     const now = this.#clock.now();
+    // A device of this id deleted a moment ago may still have data being removed, under keys a
+    // new device would use too: wait for that, or finish it if whoever deleted it stopped.
+    const deletion = await this.#kv.get<number>(keys.deviceDeletion(id));
+    if (deletion.value !== null) {
+      if (now - deletion.value < DELETION_GRACE_MS) {
+        throw new DoppelError(
+          "conflict",
+          `Device ${id} is still being deleted; try again in a moment.`,
+        );
+      }
+      await this.#purge(id);
+    }
     const at = new Date(now).toISOString();
     const key = randomSecret(32);
     const device: DeviceRecord = {
@@ -185,6 +203,7 @@ export class Registry {
     const atomic = this.#kv.atomic()
       .check({ key: keys.device(id), versionstamp: null })
       .check({ key: keys.twin(id), versionstamp: null })
+      .check({ key: keys.deviceDeletion(id), versionstamp: null })
       .set(keys.device(id), device)
       .set(keys.devicesByKind(device.kind, id), null);
     if (parentEntry) {
@@ -358,6 +377,7 @@ export class Registry {
       .check(entry)
       .delete(keys.device(id))
       .delete(keys.twin(id))
+      .set(keys.deviceDeletion(id), this.#clock.now())
       .delete(keys.devicesByKind(device.kind, id));
     if (device.parent) atomic.delete(keys.devicesByParent(device.parent, id));
     for (const [tag, value] of Object.entries(device.tags)) {
@@ -368,6 +388,11 @@ export class Registry {
       throw new DoppelError("conflict", `Device ${id} changed while being deleted; try again.`);
     }
     await this.#changed({ type: "deleted", device });
+    await this.#purge(id);
+  }
+
+  /** Removes a deleted device's data, then the mark that said it was being removed. */
+  async #purge(id: string): Promise<void> {
     // Alarm indexes point at the device's alarms: remove them with the alarms.
     for await (const entry of this.#kv.list<AlarmRecord>({ prefix: keys.alarms(id) })) {
       const alarm = entry.value;
@@ -378,6 +403,7 @@ export class Registry {
         .commit();
     }
     for (const prefix of devicePrefixes(id)) await deletePrefix(this.#kv, prefix);
+    await this.#kv.delete(keys.deviceDeletion(id));
   }
 
   /**

@@ -14,6 +14,8 @@ export const keys = {
   twinChunks: (id: string): Deno.KvKey => ["twin_chunks", id],
   /** A registered device. */
   device: (id: string): Deno.KvKey => ["devices", id],
+  /** A deleted device whose data (commands, history, events…) is still being removed: when. */
+  deviceDeletion: (id: string): Deno.KvKey => ["device_deletions", id],
   /** All devices. */
   devices: (): Deno.KvKey => ["devices"],
   /** Devices of one kind. */
