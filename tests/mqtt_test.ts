@@ -178,6 +178,23 @@ Deno.test("mqtt: the will of a device disabled while connected is not applied", 
   });
 });
 
+Deno.test("mqtt: the will of a connection lost without DISCONNECT is applied", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "m3" });
+    const will = {
+      topic: "devices/m3/twin/reported",
+      payload: Buffer.from(json({ firmware: "lost" })),
+    };
+    const c = await f.mqtt(d, { will: { ...will, qos: 1, retain: false } });
+    await waitConnection(f, "m3", "online");
+    (c.client as unknown as { stream: { destroy(): void } }).stream.destroy();
+    await until(
+      async () => (await loadTwin(f.kv, "m3"))?.state.reported.firmware === "lost",
+      "the will applied",
+    );
+  });
+});
+
 Deno.test("mqtt desired: live pushes, then one coalesced catch-up with exactly the changes since the last ack", async () => {
   await withFixture(async (f) => {
     const d = await f.register({ id: "m1" });
@@ -262,6 +279,29 @@ Deno.test("mqtt commands: one expired while offline (ttl 1, timers run) is never
       `devices/m1/commands/${long.id}`,
     ]);
     assertEquals(await status(f, "m1", short.id), "expired");
+  }, { clock });
+});
+
+Deno.test("mqtt commands: a persistent session does not get a push again after its command expired", async () => {
+  const clock = new ManualClock();
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "p1" });
+    const first = await f.mqtt(d, { clean: false });
+    // This device takes messages but never acknowledges them (its link stalls).
+    first.client.handleMessage = (_packet, _callback) => {};
+    await first.client.subscribeAsync("devices/p1/commands/+", { qos: 1 });
+    const command = await f.sendCommand("p1", { name: "reboot", payload: {}, ttl: 5 });
+    await first.nth(`devices/p1/commands/${command.id}`);
+    await first.end();
+    await waitConnection(f, "p1", "offline");
+    clock.advance(10_000);
+    assertEquals(await f.doppel.runtime.runDueTimers(), 1);
+    assertEquals(await status(f, "p1", command.id), "expired");
+
+    // Back on the same session: the broker must not hand over what the twin has expired.
+    const again = await f.mqtt(d, { clean: false });
+    await again.client.publishAsync("devices/p1/telemetry", json({ temperature: 1 }), { qos: 1 });
+    assertEquals(again.on((t) => t.startsWith("devices/p1/commands/")), []);
   }, { clock });
 });
 

@@ -67,8 +67,10 @@ interface Conn {
   device: DeviceRecord;
   session?: DeviceSession;
   opening?: Promise<void>;
-  // Why the server is closing the connection (disabled, deleted): nothing it sends counts after.
+  // Why the connection ended or is ending (keepalive, disabled, …), for presence.
   reason?: string;
+  // The server is closing it (device disabled, deleted, key retired): nothing it sends counts.
+  kicked?: boolean;
   // Which of the device's keys it connected with.
   keyId: string;
   // A gateway's children it subscribed for, and whether each may still get their messages: a
@@ -143,7 +145,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     if (!client || !conn) return done(null); // The broker's own publishes.
     // A client the server is closing (its device was disabled or deleted) is refused: aedes
     // publishes its will on close, and that would otherwise still reach the twin.
-    if (conn.reason) return done(new Error(`the connection is closing (${conn.reason})`));
+    if (conn.kicked) return done(new Error(`the connection is closing (${conn.reason})`));
     const topic = parseUplinkTopic(packet.topic);
     const device = conn.device;
     if (!topic) {
@@ -251,7 +253,17 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       conn.reason ??= "connection lost";
     }
     for (const [key, settle] of waiting) {
-      if (key.startsWith(`${client.id}|`)) settle(false);
+      if (!key.startsWith(`${client.id}|`)) continue;
+      settle(false);
+      // A persistent session keeps the unacknowledged push, and the broker would send it again on
+      // reconnect — even once the command has expired or finished. It is dropped here: the twin
+      // sends what is still queued when the device is back.
+      const messageId = Number(key.slice(client.id.length + 1));
+      clearMessageId(client, { cmd: "dropped", messageId }).catch((error) =>
+        log("warn", `Dropping an unacknowledged push failed: ${error}`, {
+          deviceId: conn.device.id,
+        })
+      );
     }
     conn.opening?.then(() => conn.session?.close(conn.reason ?? "disconnect"))
       .catch((error) => log("warn", `Close failed: ${error}`, { deviceId: conn.device.id }));
@@ -327,6 +339,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
         }, true),
       kick: (reason) => {
         conn.reason = reason;
+        conn.kicked = true;
         client.close();
       },
     };
