@@ -425,3 +425,29 @@ Deno.test("commands: a twin's own command (thermostat cool) expires by timer too
     await t.dispose();
   }
 });
+
+Deno.test("commands: large payloads waiting are capped in bytes (409), and a poll hands over what one commit holds", async () => {
+  const t = await testApp();
+  try {
+    const d = await t.register({ id: "big", kind: "generic" });
+    const payload = { blob: "x".repeat(16_000) };
+    const created: string[] = [];
+    for (;;) {
+      const res = await t.op("POST", "/api/v1/devices/big/commands", { name: "upload", payload });
+      const body = await res.json();
+      if (res.status !== 202) {
+        assertEquals([res.status, body.error.code], [409, "conflict"], JSON.stringify(body));
+        break;
+      }
+      created.push(body.id);
+    }
+    assert(created.length >= 10, `only ${created.length} fitted`);
+    // A poll without a limit answers (200), oldest first, with part of them; the next, the rest.
+    const first = await poll(t, d);
+    assert(first.length > 0 && first.length < created.length, `first poll: ${first.length}`);
+    const second = await poll(t, d);
+    assertEquals([...first, ...second].map((c) => c.id), created);
+  } finally {
+    await t.dispose();
+  }
+});

@@ -79,6 +79,13 @@ export const COMMAND_LIMITS = {
   maxPending: 100,
   /** Largest payload or result, in bytes of JSON. */
   maxPayloadBytes: 16_384,
+  /**
+   * Payload bytes of all commands waiting per device (192 KiB): waiting commands live in the
+   * twin's record, which every commit rewrites whole, within KV's 800 KiB a commit.
+   */
+  maxPendingBytes: 196_608,
+  /** Payload bytes handed to a device in one poll (96 KiB); the rest come with the next. */
+  maxDeliverBytes: 98_304,
   /** How long finished commands stay queryable, in milliseconds (30 days). */
   keepFinishedMs: 30 * 86_400_000,
 } as const;

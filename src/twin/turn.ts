@@ -1032,6 +1032,14 @@ class Turn {
         `Device ${state.id} already has ${COMMAND_LIMITS.maxPending} commands waiting; wait for some to finish.`,
       );
     }
+    let waiting = jsonBytes(payload ?? null);
+    for (const pending of state.commands.pending) waiting += jsonBytes(pending.payload);
+    if (waiting > COMMAND_LIMITS.maxPendingBytes) {
+      throw new DoppelError(
+        "conflict",
+        `Device ${state.id} would have ${waiting} bytes of command payloads waiting, over ${COMMAND_LIMITS.maxPendingBytes}; wait for some to finish.`,
+      );
+    }
     const ttl = options.ttl ?? COMMAND_LIMITS.defaultTtl;
     const timeout = options.timeout ?? COMMAND_LIMITS.defaultTimeout;
     const seq = state.commands.nextSeq;
@@ -1060,8 +1068,13 @@ class Turn {
     const now = this.#env.now;
     this.#expire(draft);
     const delivered: CommandRecord[] = [];
+    // Handed over oldest first, up to `limit`, and within a byte budget (at least one): what a
+    // poll marks delivered is written in one commit.
+    let bytes = 0;
     const pending = draft.state.commands.pending.map((command) => {
       if (command.status !== "queued" || delivered.length >= limit) return command;
+      if (delivered.length > 0 && bytes > COMMAND_LIMITS.maxDeliverBytes) return command;
+      bytes += jsonBytes(command.payload);
       const next = transition(command, "delivered", now, {
         deliveredAt: this.#nowIso,
         timeoutAt: new Date(now + command.timeout * 1000).toISOString(),
