@@ -23,7 +23,11 @@ import { downTopic, filterDevice, parseUplinkTopic, topicMatches } from "./mqtt_
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, parseBody } from "./uplink.ts";
 
-/** How long a push waits for the device's PUBACK before it counts as not handed over (ms). */
+/**
+ * How long a desired push waits for the device's PUBACK before it counts as not handed over (ms).
+ * A command push waits as long as the connection lasts: it is `delivered` on its PUBACK, however
+ * late.
+ */
 const ACK_TIMEOUT_MS = 30_000;
 
 /** What the endpoint needs. */
@@ -313,7 +317,7 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       stamps.set(payload, { clientId: client.id, messageId });
       const key = `${client.id}|${messageId}`;
       return new Promise((resolve) => {
-        const timer = setTimeout(() => settle(false), ACK_TIMEOUT_MS);
+        const timer = needsAck ? undefined : setTimeout(() => settle(false), ACK_TIMEOUT_MS);
         const settle = (ok: boolean) => {
           clearTimeout(timer);
           waiting.delete(key);

@@ -24,7 +24,10 @@ import type { DesiredUpdate } from "../twin/presence.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, MAX_UPLINK_BYTES, parseBody, type UplinkOp } from "./uplink.ts";
 
-/** How long a push waits for its `ack` frame before it counts as not handed over (ms). */
+/**
+ * How long a desired push waits for its `ack` frame before it counts as not handed over (ms). A
+ * command push waits as long as the socket is open: it is `delivered` on its ack, however late.
+ */
 const ACK_TIMEOUT_MS = 30_000;
 
 const OPS: Record<string, UplinkOp> = {
@@ -65,11 +68,11 @@ export function serveDeviceSocket(
   const send = (frame: Record<string, unknown>) => {
     if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
   };
-  const push = (frame: Record<string, unknown>): Promise<boolean> => {
+  const push = (frame: Record<string, unknown>, untilClosed = false): Promise<boolean> => {
     if (socket.readyState !== WebSocket.OPEN) return Promise.resolve(false);
     const mid = String(nextMid++);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => settle(false), ACK_TIMEOUT_MS);
+      const timer = untilClosed ? undefined : setTimeout(() => settle(false), ACK_TIMEOUT_MS);
       const settle = (ok: boolean) => {
         clearTimeout(timer);
         acks.delete(mid);
@@ -85,7 +88,7 @@ export function serveDeviceSocket(
     pushDesired: (deviceId: string, update: DesiredUpdate) =>
       push({ type: "desired", device: deviceId, ...update }),
     pushCommand: (deviceId: string, command: CommandRecord) =>
-      push({ type: "command", device: deviceId, command: deviceCommand(command) }),
+      push({ type: "command", device: deviceId, command: deviceCommand(command) }, true),
     kick: (reason: string) => socket.close(4003, reason),
   };
   const log = (message: string, fields: Record<string, unknown> = {}) =>
