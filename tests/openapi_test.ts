@@ -680,7 +680,10 @@ Deno.test("openapi: real responses parse with the response schemas", async () =>
       doc,
       await app.op("POST", "/api/v1/push/subscriptions", {
         endpoint: "https://push.example/abc",
-        keys: { p256dh: "BExample", auth: "secret" },
+        keys: {
+          p256dh: base64url(new Uint8Array(65).fill(4, 0, 1)),
+          auth: base64url(new Uint8Array(16)),
+        },
         severities: ["critical"],
       }),
       ["POST", "/api/v1/push/subscriptions"],
@@ -807,3 +810,8 @@ Deno.test({
       }
     }),
 });
+
+function base64url(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
+}

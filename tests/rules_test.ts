@@ -560,3 +560,38 @@ Deno.test("no data: silence is measured from arrival, so a device whose clock is
     await app.dispose();
   }
 });
+
+Deno.test("no data: a rule added to a kind wakes its twins at the next start; silent ones fire, one that spoke lately waits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "doppel_rules_test_" });
+  const path = `${dir}/doppel.kv`;
+  const clock = new ManualClock();
+  try {
+    // First started without a no-data rule: two devices, one of them reporting.
+    const first = await testApp({ clock, kv: await Deno.openKv(path), kinds: kinds([]) });
+    try {
+      await first.register({ id: "old1", kind: "sensor" });
+      await first.register({ id: "old2", kind: "sensor" });
+      clock.advance(30 * MIN);
+      await reading(first, clock, "old2", { temp: 20 }, 0);
+    } finally {
+      await first.dispose();
+    }
+    // Restarted with one: the start-up pass gives every twin of the kind its timer, once.
+    const rule = noData({ name: "silent", for: "5m", alarm: { severity: "warning" } });
+    const second = await testApp({ clock, kv: await Deno.openKv(path), kinds: kinds([rule]) });
+    try {
+      assertEquals(await second.runtime.wakeForNewRules(), 2);
+      assertEquals(await second.runtime.wakeForNewRules(), 0, "not again for the same rules");
+      await second.runtime.runDueTimers();
+      assertEquals((await openAlarms(second, "old1")).map((a: Json) => a.type), ["silent"]);
+      assertEquals(await openAlarms(second, "old2"), [], "it spoke just now");
+      clock.advance(6 * MIN);
+      await second.runtime.runDueTimers();
+      assertEquals((await openAlarms(second, "old2")).map((a: Json) => a.type), ["silent"]);
+    } finally {
+      await second.dispose();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

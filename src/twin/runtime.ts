@@ -75,6 +75,9 @@ export class TwinRuntime {
   #kinds: ReadonlyMap<string, TwinKind>;
   #directory: Directory<TwinRecord, TwinMessage>;
   #batcher: CommitBatcher;
+  // The start-up pass waking twins for new rules, and whether the runtime is closing.
+  #waking: Promise<void> | undefined;
+  #closing = false;
   #loops: ReturnType<typeof setInterval>[] = [];
   #timersRunning: Promise<number> | null = null;
   #stats = { batches: 0, batchedRequests: 0, commitMs: 0 };
@@ -212,6 +215,9 @@ export class TwinRuntime {
 
   /** Starts the timer loop (every `timerMs`) and idle collection (every `collectMs`). */
   start(timerMs = 1000, collectMs = 60_000): void {
+    this.#waking = this.wakeForNewRules().catch((error) =>
+      this.#logger.log("error", "timers", `Waking twins for new rules failed: ${error}`)
+    ).then(() => {});
     this.#loops.push(setInterval(() => {
       this.runDueTimers().catch((error) =>
         this.#logger.log("error", "timers", `Timer sweep failed: ${error}`)
@@ -223,6 +229,38 @@ export class TwinRuntime {
         this.#logger.log("error", "retention", `Retention sweep failed: ${error}`)
       );
     }, collectMs));
+  }
+
+  /**
+   * Wakes every twin of a kind whose no-data rules changed since the last start, so each sets
+   * the timer those rules need: a silent device gets a turn from nothing else. Returns how many
+   * twins it woke. The rules each kind was last started with are kept under `["kind_rules", kind]`.
+   */
+  async wakeForNewRules(): Promise<number> {
+    let woken = 0;
+    for (const [name, kind] of this.#kinds) {
+      const rules = kind.rules.filter((rule) => rule.rule === "no_data");
+      if (rules.length === 0) continue;
+      const signature = JSON.stringify(rules.map((r) => [r.name, r.forMs, r.metric ?? null]));
+      const key: Deno.KvKey = ["kind_rules", name];
+      if ((await this.#kv.get<string>(key)).value === signature) continue;
+      const batch: Promise<unknown>[] = [];
+      for await (const entry of this.#kv.list({ prefix: keys.devicesByKind(name) })) {
+        if (this.#closing) return woken;
+        const id = entry.key[entry.key.length - 1] as string;
+        batch.push(
+          this.send(id, { type: "wake" }).catch((error) => {
+            if (!(error instanceof DoppelError && error.code === "not_found")) throw error;
+          }),
+        );
+        woken++;
+        // A few at a time: a large fleet is woken in the background without crowding out traffic.
+        if (batch.length >= 50) await Promise.all(batch.splice(0));
+      }
+      await Promise.all(batch);
+      await this.#kv.set(key, signature);
+    }
+    return woken;
   }
 
   /** Passivates twins idle past the timeout; returns how many. */
@@ -300,6 +338,8 @@ export class TwinRuntime {
 
   /** Stops the loops and waits for commits in flight. */
   async close(): Promise<void> {
+    this.#closing = true;
+    await this.#waking;
     for (const id of this.#loops.splice(0)) clearInterval(id);
     await this.#timersRunning;
     await this.#batcher.drain();

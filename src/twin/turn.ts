@@ -516,7 +516,10 @@ class Turn {
 
   /** A rule's remembered state, or its initial one. */
   #ruleState(state: TwinRecord, rule: Rule): RuleStateOf {
-    return state.rules[rule.name] ?? initialState(rule, Date.parse(state.createdAt));
+    // A rule new to this twin counts from its last contact (or its registration): a no-data rule
+    // added to a kind does not call a device silent that spoke a minute ago.
+    return state.rules[rule.name] ??
+      initialState(rule, Date.parse(state.connection.lastSeenAt ?? state.createdAt));
   }
 
   /** Stores a rule's new state and, if it started or stopped firing, does what it says. */
@@ -1425,7 +1428,6 @@ function nextDue(pending: CommandRecord[]): number | null {
   return due;
 }
 
-/** `undefined` when absent, `null` when present but unreadable, else epoch ms. */
 /** What was thrown, as text, whatever it is (kind code may throw anything, even what String() refuses). */
 function describe(error: unknown): string {
   if (error instanceof Error) return error.message;
@@ -1436,6 +1438,7 @@ function describe(error: unknown): string {
   }
 }
 
+/** `undefined` when absent, `null` when present but unreadable, else epoch ms. */
 function parseTs(ts: unknown): number | undefined | null {
   if (ts === undefined) return undefined;
   // Whole milliseconds, as ISO times have: a query's cursor steps from one millisecond to the next.
