@@ -3,9 +3,9 @@
  * twin read and a command result. WebSocket frames and MQTT topics translate to these.
  * @module
  */
-import { bodyError, DoppelError, validationError } from "../errors.ts";
+import { DoppelError, validationError } from "../errors.ts";
 import { loadTwin } from "../storage/twin_store.ts";
-import { isObject, type Json, MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
+import { isObject, type Json, parseJsonDocument } from "../twin/json.ts";
 import type { Transport } from "../twin/presence.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 
@@ -71,8 +71,6 @@ export async function applyUplink(
   }
 }
 
-const DECODER = new TextDecoder("utf-8", { fatal: true });
-
 /** Parses a message body as JSON, or throws `invalid_json`; an empty body is `undefined`. */
 export function parseBody(bytes: Uint8Array, what: string): unknown {
   if (bytes.byteLength > MAX_UPLINK_BYTES) {
@@ -82,28 +80,5 @@ export function parseBody(bytes: Uint8Array, what: string): unknown {
     );
   }
   if (bytes.byteLength === 0) return undefined;
-  let text: string;
-  try {
-    text = DECODER.decode(bytes);
-  } catch {
-    throw bodyError("invalid_json", `${what} is not valid UTF-8.`, "must be valid UTF-8");
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (error) {
-    throw bodyError(
-      "invalid_json",
-      `${what} is not valid JSON: ${(error as Error).message}`,
-      "must be valid JSON",
-    );
-  }
-  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
-    throw bodyError(
-      "bad_request",
-      `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`,
-      `must nest at most ${MAX_JSON_DEPTH} levels`,
-    );
-  }
-  return value;
+  return parseJsonDocument(bytes, what);
 }

@@ -1,9 +1,10 @@
 /**
- * JSON helpers for the twin model: merge patches (RFC 7396), deltas and per-leaf metadata.
- * Every function here returns new objects and never mutates its inputs, so a turn can drop a
- * message's changes by simply not keeping them.
+ * JSON helpers for the twin model: documents from outside parsed within limits, merge patches
+ * (RFC 7396), deltas and per-leaf metadata. Every function here returns new objects and never
+ * mutates its inputs, so a turn can drop a message's changes by simply not keeping them.
  * @module
  */
+import { bodyError } from "../errors.ts";
 
 /** A JSON value. */
 export type Json = null | boolean | number | string | Json[] | JsonObject;
@@ -69,6 +70,43 @@ export function nestedDeeperThan(value: unknown, max: number): boolean {
     if (nestedDeeperThan((value as JsonObject)[key], max - 1)) return true;
   }
   return false;
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A JSON document from outside (a body, a frame, an MQTT payload; `what` names it in errors):
+ * UTF-8, not empty, valid JSON, nested at most {@link MAX_JSON_DEPTH} levels — or a 400 whose
+ * details name the field `(body)`.
+ */
+export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
+  let text: string;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    throw bodyError("invalid_json", `${what} is not valid UTF-8.`, "must be valid UTF-8");
+  }
+  if (text.trim() === "") {
+    throw bodyError("invalid_json", `${what} is empty; send a JSON document.`, "must be JSON");
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw bodyError(
+      "invalid_json",
+      `${what} is not valid JSON: ${(error as Error).message}`,
+      "must be valid JSON",
+    );
+  }
+  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+    throw bodyError(
+      "bad_request",
+      `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`,
+      `must nest at most ${MAX_JSON_DEPTH} levels`,
+    );
+  }
+  return value;
 }
 
 /** Applies an RFC 7396 merge patch to `target`, returning the result. */

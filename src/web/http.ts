@@ -5,8 +5,8 @@
  */
 import type { Context } from "hono";
 import type { z } from "zod";
-import { bodyError, DoppelError, rethrowCursorError, validationError } from "../errors.ts";
-import { MAX_JSON_DEPTH, nestedDeeperThan } from "../twin/json.ts";
+import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { parseJsonDocument } from "../twin/json.ts";
 import { zodIssues } from "../twin/turn.ts";
 
 /** Body size limits, in bytes. */
@@ -41,38 +41,7 @@ export async function readJsonRequest(
   if (!request.body) {
     throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
   }
-  const bytes = await readBody(request, limit);
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw bodyError("invalid_json", "The body is not valid UTF-8.", "must be valid UTF-8");
-  }
-  if (text.trim() === "") {
-    throw bodyError(
-      "invalid_json",
-      "The body is empty; send a JSON document.",
-      "must be a JSON document",
-    );
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (error) {
-    throw bodyError(
-      "invalid_json",
-      `The body is not valid JSON: ${(error as Error).message}`,
-      "must be valid JSON",
-    );
-  }
-  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
-    throw bodyError(
-      "bad_request",
-      `The body nests deeper than ${MAX_JSON_DEPTH} levels.`,
-      `must nest at most ${MAX_JSON_DEPTH} levels`,
-    );
-  }
-  return value;
+  return parseJsonDocument(await readBody(request, limit), "The body");
 }
 
 /**
