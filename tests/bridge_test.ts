@@ -47,8 +47,11 @@ interface System {
   register(id: string, kind?: string): Promise<Creds>;
   /** Bridge connections Doppel opens. */
   connections: number;
-  /** Kills Doppel (SIGKILL) and starts it again on the same KV; waits for the bridge to be up. */
-  restartDoppel(): Promise<DoppelProcess>;
+  /**
+   * Kills Doppel (SIGKILL) and starts it again on the same KV, running `meanwhile` (given the KV
+   * file's path) while it is down; waits for the bridge to be up.
+   */
+  restartDoppel(meanwhile?: (kvPath: string) => Promise<void>): Promise<DoppelProcess>;
 }
 
 /** Starts Mosquitto and Doppel in bridge mode, runs `fn`, and always tears everything down. */
@@ -114,8 +117,9 @@ async function withSystem(
         await system.accepted(creds);
         return creds;
       },
-      async restartDoppel() {
+      async restartDoppel(meanwhile) {
         await system.doppel.stop();
+        await meanwhile?.(`${dir}/data/doppel.kv`);
         system.doppel = doppel = await startDoppel();
         system.op = new Operator(doppel.base, TOKEN);
         return doppel;
@@ -488,6 +492,38 @@ Deno.test("bridge: restarting Doppel leaves devices connected to the broker, and
     );
     assert(c.client.connected, "the device is still connected after Doppel restarted");
     assertEquals(c.connects, 1, "and never had to reconnect");
+  });
+});
+
+Deno.test("bridge: retained uplinks are not applied again on restart; reconcile removes broker clients the registry lost", async () => {
+  await withSystem(async (system) => {
+    const keep = await system.register("keep1");
+    const lost = await system.register("lost1");
+    const c = await system.device(keep);
+    // A device publishes its reported state once retained, then a newer one.
+    const firmware = async () => (await system.op.twin("keep1")).reported?.firmware;
+    await c.client.publishAsync(
+      "devices/keep1/twin/reported",
+      JSON.stringify({ firmware: "1.0" }),
+      { qos: 1, retain: true },
+    );
+    await c.publish("devices/keep1/twin/reported", { firmware: "2.0" });
+    await until(async () => (await firmware()) === "2.0", "the newer report");
+    // While Doppel is down its registry loses lost1 (as when it is deleted with the broker away).
+    await system.restartDoppel(async (kvPath) => {
+      const kv = await Deno.openKv(kvPath);
+      await kv.delete(["devices", lost.id]);
+      kv.close();
+    });
+    await system.doppel.waitFor(/Broker credentials reconciled for 1 devices/);
+    assertEquals(await connectCode(system.broker.url, lost), 5, "lost1's client is gone");
+    // The bridge subscribed again and got the retained 1.0: it is not applied over 2.0.
+    await c.publish("devices/keep1/telemetry", { temperature: 17 });
+    await until(
+      async () => (await system.op.twin("keep1")).telemetry?.last?.temperature === 17,
+      "telemetry through the restarted bridge",
+    );
+    assertEquals(await firmware(), "2.0");
   });
 });
 

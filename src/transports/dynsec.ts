@@ -138,16 +138,40 @@ export class DynsecSync {
     }
   }
 
-  /** Makes the broker agree with the registry for every device (on each bridge connect). */
+  /**
+   * Makes the broker agree with the registry for every device (on each bridge connect): every
+   * device's client and role first, then gateways' roles over their children (a child may be
+   * listed before its gateway), and last the broker clients of devices the registry no longer
+   * has (deleted while the broker was away).
+   */
   async reconcile(): Promise<number> {
     let count = 0;
+    const ids = new Set<string>();
+    const children: DeviceRecord[] = [];
     for await (const device of this.#registry.all()) {
-      await this.apply({ type: "registered", device, key: "" }, 30_000).catch(async () => {
+      const alone = { ...device, parent: null };
+      await this.apply({ type: "registered", device: alone, key: "" }, 30_000).catch(async () => {
         // A key is needed only to create a missing client: fetch it then.
         const [key] = await this.#registry.plainKeys(device);
-        await this.apply({ type: "registered", device, key }, 30_000);
+        await this.apply({ type: "registered", device: alone, key }, 30_000);
       });
+      ids.add(device.id);
+      if (device.parent) children.push(device);
       count++;
+    }
+    for (const child of children) await this.#addRole(child.parent!, deviceRole(child.id));
+    const [listed] = await this.#run([{ command: "listClients", verbose: true }]);
+    const clients = (listed.data as {
+      clients?: Array<{ username: string; roles?: Array<{ rolename: string }> }>;
+    } | undefined)?.clients ?? [];
+    for (const client of clients) {
+      // Only clients made for devices (they hold their own device role), never other users.
+      const own = (client.roles ?? []).some((r) => r.rolename === deviceRole(client.username));
+      if (!own || ids.has(client.username)) continue;
+      await this.#run([
+        { command: "deleteClient", username: client.username },
+        { command: "deleteRole", rolename: deviceRole(client.username) },
+      ], ["Client not found", "Role not found"]);
     }
     return count;
   }
@@ -225,7 +249,11 @@ export class DynsecSync {
         });
       });
     });
+    const answers = Promise.all(waits);
+    // While the broker is away, publishing waits and the answers may time out first: their
+    // failure is this call's, not an unhandled rejection that would end the process.
+    answers.catch(() => {});
     await this.#client.publishAsync(CONTROL, JSON.stringify({ commands }), { qos: 1 });
-    return await Promise.all(waits);
+    return await answers;
   }
 }

@@ -171,6 +171,12 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   async function handle(packet: IPublishPacket): Promise<void> {
     const topic = parseUplinkTopic(packet.topic);
     if (!topic) return; // Not ours (a subscription overlap): acknowledge and ignore.
+    // A retained message comes again with every new subscription (each bridge restart): it was
+    // applied when it was published, and must not be again.
+    if (packet.retain) {
+      log("warn", `Retained message on ${packet.topic} ignored: uplinks are applied once, live.`);
+      return;
+    }
     const device = await deps.registry.get(topic.deviceId);
     if (!device || !device.enabled) {
       log(
