@@ -527,6 +527,36 @@ Deno.test("bridge: retained uplinks are not applied again on restart; reconcile 
   });
 });
 
+Deno.test("bridge dynsec: a gateway's subscription to a child deleted and registered again elsewhere carries nothing more", async () => {
+  await withSystem(async (system) => {
+    const gw = await system.register("gw1");
+    const op = system.op;
+    const kidCreds = await op.expect(201, "POST", "/api/v1/devices", {
+      id: "kid1",
+      kind: "thermostat",
+      parent: "gw1",
+    });
+    // A persistent session: it keeps its subscriptions when the broker drops the connection (it
+    // does when a client's roles change, as the gateway's do when its child goes).
+    const g = await system.device(gw, { clean: false, reconnectPeriod: 100 });
+    assertEquals(await subscribeCodes(g, "devices/kid1/commands/+"), [1]);
+    await op.expect(204, "DELETE", "/api/v1/devices/kid1");
+    await g.when(() => g.connects >= 2 && g.client.connected, "the gateway back", 10_000);
+    assert(kidCreds.key);
+    const kid = await system.device(await system.register("kid1"));
+    assertEquals(await subscribeCodes(kid, "devices/kid1/commands/+"), [1]);
+    await kid.publish("devices/kid1/presence", { status: "online" });
+    const command = await op.expect(202, "POST", "/api/v1/devices/kid1/commands", {
+      name: "reboot",
+      payload: {},
+    });
+    await kid.message((t) => t === `devices/kid1/commands/${command.id}`, "the command");
+    // The gateway's own round trip: what the broker sent it before is in by then.
+    await g.publish("devices/gw1/telemetry", { temperature: 1 });
+    assertEquals(g.messages.filter((m) => m.topic.startsWith("devices/kid1/")), []);
+  });
+});
+
 /**
  * Devices stream QoS 1 telemetry with unique ids while Mosquitto is restarted (SIGTERM, then
  * started again on the same port and persistence folder); devices and bridge reconnect by

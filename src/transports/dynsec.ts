@@ -145,6 +145,13 @@ export class DynsecSync {
    * has (deleted while the broker was away).
    */
   async reconcile(): Promise<number> {
+    // A subscription is checked once, when made, but outlives the role that allowed it (a
+    // gateway's over a child since deleted): nothing is delivered to a client unless one of its
+    // roles still allows it. (Devices' and the bridge's roles allow their own topics.)
+    await this.#run([{
+      command: "setDefaultACLAccess",
+      acls: [{ acltype: "publishClientReceive", allow: false }],
+    }]);
     let count = 0;
     const ids = new Set<string>();
     const children: DeviceRecord[] = [];
