@@ -130,3 +130,27 @@ Deno.test("/metrics needs the operator token (or the metrics token)", async () =
     await t.dispose();
   }
 });
+
+Deno.test("/metrics labels a session by its transport, never by the device that opened it", async () => {
+  const t = await testApp();
+  try {
+    const device = await t.registry.get((await t.register({ id: "sensor-label-1" })).id);
+    assert(device);
+    const session = await t.sessions.open(device, {
+      transport: "ws",
+      ready: () => true,
+      pushDesired: () => Promise.resolve(true),
+      pushCommand: () => Promise.resolve(true),
+      kick() {},
+    });
+    const res = await t.app.request("/metrics", {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    const text = await res.text();
+    assert(text.includes('transport="ws",type="session.open"'), "the session's transport");
+    assert(!text.includes("sensor-label-1"), "no device id among the labels");
+    await session.close("test over");
+  } finally {
+    await t.dispose();
+  }
+});

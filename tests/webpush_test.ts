@@ -7,8 +7,10 @@
  * @module
  */
 import { expectInvalid } from "./api_assertions.ts";
-import { assert, assertEquals } from "./assert.ts";
-import { type TestApp, testApp } from "./helpers.ts";
+import { createApp } from "../src/app.ts";
+import { silentLogger } from "../src/log.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { ADMIN_TOKEN, KINDS, type TestApp, testApp } from "./helpers.ts";
 import {
   type BrowserKeys,
   browserKeys,
@@ -262,5 +264,25 @@ Deno.test("web push: an endpoint that hangs or refuses never delays the twin", a
     receiver.release(); // a hanging push must not hold up the app's close
     await app.dispose();
     await receiver.close();
+  }
+});
+
+Deno.test("web push: a VAPID subject push services would refuse stops start-up, naming it", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const error = await assertRejects(() =>
+      createApp({
+        kv,
+        clock: { now: () => Date.now() },
+        kinds: KINDS,
+        secret: "test-secret-0123456789abcdef",
+        adminToken: ADMIN_TOKEN,
+        logger: silentLogger,
+        push: { vapid: { subject: "operators@example.com" } },
+      })
+    );
+    assert(String(error).includes('"operators@example.com"'), String(error));
+  } finally {
+    kv.close();
   }
 });

@@ -85,7 +85,11 @@ export class DoppelMetrics {
 
   /** Counts one message's outcome. */
   message(message: TwinMessage, outcome: string, reply: unknown): void {
-    const transport = ("via" in message && message.via) || "internal";
+    // A session's own transport is its `transport` (its `via` names the device serving it, which
+    // would make every device a label value); other messages say theirs in `via`.
+    const transport = message.type === "session.open"
+      ? message.transport
+      : ("via" in message && message.via) || "internal";
     const { type } = message;
     const byType = cached(this.#labels, transport, newMap<string, Map<string, Labels>>);
     const byOutcome = cached(byType, type, newMap<string, Labels>);

@@ -59,7 +59,15 @@ export async function loadVapid(
   vault: KeyVault,
   configured: Partial<Vapid>,
 ): Promise<Vapid> {
-  const subject = configured.subject ?? "mailto:operators@doppel.invalid";
+  const subject = configured.subject || "mailto:operators@doppel.invalid";
+  // Web push needs a contact the push services accept: checked here, or every push would fail.
+  if (!/^(mailto:\S+@\S+|https:\/\/\S+)$/.test(subject)) {
+    throw new Error(
+      `The VAPID subject ${
+        JSON.stringify(subject)
+      } is invalid: use a mailto: address or an https: URL.`,
+    );
+  }
   if (configured.publicKey && configured.privateKey) {
     return { publicKey: configured.publicKey, privateKey: configured.privateKey, subject };
   }
@@ -205,6 +213,12 @@ export class PushNotifier {
         urgency: "high",
       });
     } catch (error) {
+      if (usableKeys(subscription.keys)) {
+        // Not the subscription's fault (say, the VAPID settings): it stays; this push failed.
+        this.stats.failed++;
+        this.#logger.log("error", "push", `A push could not be prepared: ${error}`);
+        return;
+      }
       // Nothing can ever be encrypted to this subscription (its keys are unusable): it goes,
       // rather than failing on every alarm.
       this.stats.removed++;
@@ -247,5 +261,22 @@ export class PushNotifier {
         `Push service ${new URL(subscription.endpoint).host} answered ${response.status}.`,
       );
     }
+  }
+}
+
+/** Whether a subscription's keys are a P-256 public key and a 16-byte secret, base64url. */
+export function usableKeys(keys: { p256dh: string; auth: string }): boolean {
+  const p256dh = base64urlBytes(keys.p256dh);
+  return p256dh?.length === 65 && p256dh[0] === 4 && base64urlBytes(keys.auth)?.length === 16;
+}
+
+/** The bytes of base64url `text` (padding optional), or `null` if it is not base64url. */
+function base64urlBytes(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) return null;
+  try {
+    const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  } catch {
+    return null;
   }
 }

@@ -17,7 +17,10 @@ export function serveStream(c: Context, s: Services): Response {
   return streamSSE(c, async (stream) => {
     const stop = new AbortController();
     stream.onAbort(() => stop.abort());
-    s.shutdown.addEventListener("abort", () => stop.abort(), { once: true });
+    // Removed when the stream ends: the app's shutdown signal lives as long as the process, and a
+    // listener left on it would keep every closed stream's context alive.
+    const onShutdown = () => stop.abort();
+    s.shutdown.addEventListener("abort", onShutdown, { once: true });
     s.streams.open++;
     let pending: Notice[] = [];
     const unsubscribe = s.bus.subscribe(device ?? "*", (notice) => {
@@ -60,6 +63,7 @@ export function serveStream(c: Context, s: Services): Response {
         }
       }
     } finally {
+      s.shutdown.removeEventListener("abort", onShutdown);
       unsubscribe();
       s.streams.open--;
     }
