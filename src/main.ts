@@ -37,7 +37,8 @@ function readConfig(args: string[]): Config {
     if (!match) throw new Error(`Unknown argument ${JSON.stringify(args[i])}.`);
     flags.set(match[1], match[2] ?? args[++i] ?? "");
   }
-  const get = (flag: string, env: string) => flags.get(flag) ?? Deno.env.get(env);
+  // An empty variable counts as unset (`PORT=` in a unit file means the default, not port 0).
+  const get = (flag: string, env: string) => flags.get(flag) ?? (Deno.env.get(env) || undefined);
   const port = Number(get("port", "PORT") ?? 8000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`PORT ${JSON.stringify(get("port", "PORT"))} is not a port number.`);
@@ -188,6 +189,7 @@ async function main(): Promise<void> {
   }
   let bridge: MqttBridge | undefined;
   if (config.mqttUrl) {
+    const broker = brokerUrl(config.mqttUrl);
     bridge = startBridge({
       runtime: doppel.runtime,
       registry: doppel.registry,
@@ -198,28 +200,58 @@ async function main(): Promise<void> {
       url: config.mqttUrl,
       clientId: Deno.env.get("MQTT_BRIDGE_ID") ?? "doppel-bridge",
       group: Deno.env.get("MQTT_BRIDGE_GROUP") ?? "",
-      connections: Number(Deno.env.get("MQTT_BRIDGE_CONNECTIONS") ?? 4),
+      connections: bridgeConnections(Deno.env.get("MQTT_BRIDGE_CONNECTIONS")),
       dynsec: Deno.env.get("MQTT_DYNSEC") === "1",
     });
     doppel.observe((event) => bridge!.onRegistry(event));
     logger.log("info", "main", "Bridging to an external MQTT broker.", {
-      broker: new URL(config.mqttUrl).host,
+      broker: broker.host,
     });
   }
   const shutdown = async () => {
     if (stopping) return;
     stopping = true;
     logger.log("info", "main", "Shutting down.");
-    stop.abort();
+    // New connections are refused; requests under way get their answers (what they wrote is
+    // durable, and a client told nothing would send it again). Waits and streams end with the
+    // app; anything still open after 10 s is cut.
+    const drained = server.shutdown();
+    const cut = setTimeout(() => stop.abort(), 10_000);
     mqttServer?.close();
     await bridge?.close();
     await doppel.close();
+    await drained;
+    clearTimeout(cut);
     await server.finished;
     kv.close();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGINT", shutdown);
   Deno.addSignalListener("SIGTERM", shutdown);
+}
+
+/** MQTT_BRIDGE_CONNECTIONS: a whole number of connections, 1 or more (default 4). */
+function bridgeConnections(text: string | undefined): number {
+  if (!text) return 4;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 64) {
+    throw new Error(
+      `MQTT_BRIDGE_CONNECTIONS ${JSON.stringify(text)} is not a number from 1 to 64.`,
+    );
+  }
+  return n;
+}
+
+/** MQTT_URL parsed; if it does not parse, an error that does not repeat it (it holds a password). */
+function brokerUrl(text: string): URL {
+  try {
+    return new URL(text);
+  } catch {
+    throw new Error(
+      "MQTT_URL is not a valid URL (it is not shown, as it holds a password): percent-encode " +
+        "characters such as / @ : in the user name and password.",
+    );
+  }
 }
 
 if (import.meta.main) {
