@@ -111,6 +111,9 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
       if (client.id !== device.id) {
         return refuse(2, `client id ${JSON.stringify(client.id)} must equal the device id`);
       }
+      // A client that went away while its key was checked is not recorded: its disconnect has
+      // been and gone, and nothing would ever remove it.
+      if (client.closed) return refuse(3, "the connection closed during sign-in");
       conns.set(client, { device, keyId, children: new Map() });
       done(null, true);
     }, (error) => {
