@@ -1187,3 +1187,21 @@ test("a command payload over the payload cap is refused with 413, creating nothi
   );
   assertEquals(await commandsOf(t, "g1"), []);
 });
+
+test("sign-in: wrong tokens sent all at once are checked ten at most, the rest refused with 429", async (t) => {
+  const form = await t.app.request("/login");
+  const csrf = /name="_csrf" value="([^"]+)"/.exec(await form.text())?.[1];
+  const cookie = form.headers.get("set-cookie")?.split(";")[0];
+  assert(csrf && cookie);
+  const attempts = await Promise.all(Array.from({ length: 30 }, async () => {
+    const res = await t.app.request("/login", {
+      method: "POST",
+      headers: { cookie, "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ _csrf: csrf, token: "wrong-token" }).toString(),
+    });
+    await res.body?.cancel();
+    return res.status;
+  }));
+  assertEquals(attempts.filter((s) => s === 401).length, 10);
+  assertEquals(attempts.filter((s) => s === 429).length, 20);
+});

@@ -100,12 +100,21 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     } catch {
       // No connection info (requests made in-process, as tests do).
     }
-    const record = failures.get(address);
-    if (record && record.count >= MAX_FAILURES && Date.now() - record.since < 60_000) {
+    const now = Date.now();
+    let record = failures.get(address);
+    if (!record || now - record.since >= 60_000) record = { count: 0, since: now };
+    if (record.count >= MAX_FAILURES) {
       throw new DoppelError("rate_limited", "Too many failed sign-ins; wait a minute.", {
         retryAfter: 60,
       });
     }
+    // Every attempt counts as failed until it succeeds, and is counted before anything is
+    // awaited: attempts sent at once each take a place, so parallel guesses cannot pass the cap.
+    record.count++;
+    if (failures.size >= 10_000) {
+      for (const [key, old] of failures) if (now - old.since >= 60_000) failures.delete(key);
+    }
+    failures.set(address, record);
     const origin = c.req.header("origin");
     if (origin !== undefined && origin !== new URL(c.req.url).origin) {
       throw new DoppelError("forbidden", `Sign-in from origin ${origin} is not allowed.`);
@@ -119,11 +128,6 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     }
     const token = form.get("token") ?? "";
     if (!token || token.length > 200 || !(await s.admin.verify(token))) {
-      const since = record && Date.now() - record.since < 60_000 ? record.since : Date.now();
-      failures.set(address, {
-        count: (record && record.since === since ? record.count : 0) + 1,
-        since,
-      });
       const csrf = randomSecret(18);
       setCookie(c, LOGIN_COOKIE, csrf, cookieOptions(c.req.url, 600));
       return c.html(<LoginPage csrf={csrf} error="That is not the operator token." />, 401);
