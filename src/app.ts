@@ -171,7 +171,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   const services: Services = {
     kv,
     clock,
-    logins: new Sessions(kv),
+    logins: new Sessions(kv, () => admin.tokenHash),
     metrics,
     streams,
     registry,

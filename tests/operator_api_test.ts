@@ -4,8 +4,10 @@
  * `{"error": {code, message, details?}}` body, and that nothing was written.
  * @module
  */
+import { createApp } from "../src/app.ts";
+import { silentLogger } from "../src/log.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { ADMIN_TOKEN, type TestApp } from "./helpers.ts";
+import { ADMIN_TOKEN, KINDS, type TestApp } from "./helpers.ts";
 import { expectError, expectInvalid, fields, json, test } from "./api_assertions.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -1204,4 +1206,44 @@ test("sign-in: wrong tokens sent all at once are checked ten at most, the rest r
   }));
   assertEquals(attempts.filter((s) => s === 401).length, 10);
   assertEquals(attempts.filter((s) => s === 429).length, 20);
+});
+
+Deno.test("sign-in: a dashboard session ends when the operator token is replaced", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const build = (adminToken: string) =>
+    createApp({
+      kv,
+      clock: { now: () => Date.now() },
+      kinds: KINDS,
+      secret: "test-secret-0123456789abcdef",
+      adminToken,
+      logger: silentLogger,
+    });
+  const before = await build(ADMIN_TOKEN);
+  const after = await build("a-new-operator-token-0123456789");
+  try {
+    const form = await before.app.request("/login");
+    const csrf = /name="_csrf" value="([^"]+)"/.exec(await form.text())?.[1];
+    const loginCookie = form.headers.get("set-cookie")?.split(";")[0];
+    assert(csrf && loginCookie);
+    const signIn = await before.app.request("/login", {
+      method: "POST",
+      headers: { cookie: loginCookie, "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ _csrf: csrf, token: ADMIN_TOKEN }).toString(),
+    });
+    assertEquals(signIn.status, 303);
+    const session = signIn.headers.getSetCookie().find((c) => c.startsWith("doppel_session="));
+    const cookie = session!.split(";")[0];
+    const list = (app: typeof before) =>
+      app.app.request("/api/v1/devices", { headers: { cookie } });
+    assertEquals((await list(before)).status, 200);
+    // The process restarted with a new DOPPEL_ADMIN_TOKEN: sessions from the old one are over.
+    const res = await list(after);
+    await res.body?.cancel();
+    assertEquals(res.status, 401);
+  } finally {
+    await before.close();
+    await after.close();
+    kv.close();
+  }
 });

@@ -10,6 +10,11 @@ import { randomSecret, sha256, timingSafeEqual } from "./secrets.ts";
 export class AdminAuth {
   #hash: string;
 
+  /** The token's hash (what KV keeps): sessions signed in with it name it. */
+  get tokenHash(): string {
+    return this.#hash;
+  }
+
   private constructor(hash: string) {
     this.#hash = hash;
   }

@@ -22,21 +22,29 @@ export interface Session {
   csrf: string;
   /** When it was created. */
   createdAt: string;
+  /** The operator token it was signed in with (its hash): a new token ends older sessions. */
+  token?: string;
 }
 
 /** Dashboard sessions in KV. */
 export class Sessions {
   #kv: Deno.Kv;
+  #token: () => string;
 
-  /** Keeps sessions in `kv`. */
-  constructor(kv: Deno.Kv) {
+  /** Keeps sessions in `kv`; `token` is the operator token's hash now. */
+  constructor(kv: Deno.Kv, token: () => string) {
     this.#kv = kv;
+    this.#token = token;
   }
 
   /** Creates a session; returns its id (for the cookie) and the session. */
   async create(): Promise<{ id: string; session: Session }> {
     const id = randomSecret(32);
-    const session: Session = { csrf: randomSecret(24), createdAt: new Date().toISOString() };
+    const session: Session = {
+      csrf: randomSecret(24),
+      createdAt: new Date().toISOString(),
+      token: this.#token(),
+    };
     await this.#kv.set(["sessions", await sha256(id)], session, { expireIn: SESSION_MS });
     return { id, session };
   }
@@ -46,6 +54,8 @@ export class Sessions {
     const entry = await this.#kv.get<Session>(["sessions", await sha256(id)]);
     if (!entry.value) return null;
     if (Date.parse(entry.value.createdAt) + SESSION_MS < Date.now()) return null;
+    // Signed in with an operator token that has since been replaced: no longer valid.
+    if (entry.value.token !== this.#token()) return null;
     return entry.value;
   }
 

@@ -17,6 +17,10 @@ export function serveStream(c: Context, s: Services): Response {
   return streamSSE(c, async (stream) => {
     const stop = new AbortController();
     stream.onAbort(() => stop.abort());
+    // A stream opened with a dashboard session lasts only as long as the session: signing out,
+    // its expiry or a new operator token ends it (checked every 10 s).
+    const signedIn = c.req.header("authorization") ? null : await s.logins.fromRequest(c);
+    let checkedAt = performance.now();
     // Removed when the stream ends: the app's shutdown signal lives as long as the process, and a
     // listener left on it would keep every closed stream's context alive.
     const onShutdown = () => stop.abort();
@@ -44,6 +48,10 @@ export function serveStream(c: Context, s: Services): Response {
           await stream.writeSSE({ event: "notices", data: JSON.stringify(batch) });
         }
         const now = performance.now();
+        if (signedIn && now - checkedAt >= 10_000) {
+          checkedAt = now;
+          if (!(await s.logins.get(signedIn.id))) break;
+        }
         if (!device && now - lastStats >= 1000) {
           const messages = s.metrics.messages.total();
           const points = s.metrics.points.total();
