@@ -4,7 +4,8 @@
  * same KV file, and every message acknowledged with a 202 must have been applied exactly once.
  * @module
  */
-import { COUNTER_KIND, DoppelProcess } from "./real_process.ts";
+import { COUNTER_KIND, DoppelProcess, ROOT } from "./real_process.ts";
+import { serverArgs } from "./bench/common.ts";
 import { assert, assertEquals } from "./assert.ts";
 
 const TOKEN = "process-test-admin-token-0123456789";
@@ -164,6 +165,91 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
     });
   } finally {
     for (const server of servers) await server.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SIGTERM mid-stream: the server exits cleanly, and every message it applied was answered 202", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
+  const servers: DoppelProcess[] = [];
+  const start = async () => {
+    const server = await DoppelProcess.start({
+      MQTT_PORT: "0",
+      DOPPEL_KV: `${dir}/data/doppel.kv`,
+      DOPPEL_TWINS: `${dir}/kinds`,
+      DOPPEL_ADMIN_TOKEN: TOKEN,
+    });
+    servers.push(server);
+    return server;
+  };
+  try {
+    await Deno.mkdir(`${dir}/kinds`);
+    await Deno.writeTextFile(`${dir}/kinds/counter.ts`, COUNTER_KIND);
+    const first = await start();
+    const reg = await fetch(`${first.base}/api/v1/devices`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify({ id: "c2", kind: "counter" }),
+    });
+    const device = await reg.json();
+    assertEquals(reg.status, 201);
+    const auth = `Basic ${btoa(`c2:${device.key}`)}`;
+    const acked = new Set<number>();
+    const run: { stopped: Promise<Deno.CommandStatus> | null } = { stopped: null };
+    await stream(Array.from({ length: TOTAL }, (_, i) => i + 1), SENDERS, async (seq) => {
+      const outcome = await postTelemetry(first.base, auth, seq);
+      if (outcome.kind === "accepted") {
+        acked.add(seq);
+        if (acked.size >= KILL_AFTER && run.stopped === null) run.stopped = first.stop("SIGTERM");
+      }
+    }, () => run.stopped !== null && acked.size >= KILL_AFTER + 200);
+    assert(run.stopped !== null, `the stream ended before ${KILL_AFTER} acks (${acked.size})`);
+    const status = await run.stopped;
+    assertEquals(status.code, 0, "the server exited cleanly on SIGTERM");
+
+    // Whatever the server committed, it answered: requests under way were let finish.
+    const server = await start();
+    const after = applied(await readDesired(server.base, "c2"));
+    const unanswered = [...after.seqs].filter((seq) => !acked.has(seq));
+    assertEquals(unanswered, [], "applied but never answered 202");
+    assertEquals([...acked].filter((seq) => !after.seqs.has(seq)), [], "answered but not applied");
+  } finally {
+    for (const server of servers) await server.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("start-up refuses bad settings with a message naming them, and never prints the broker password", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
+  const startWith = async (env: Record<string, string>) => {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: serverArgs(),
+      cwd: ROOT,
+      env: { PORT: "0", MQTT_PORT: "0", DOPPEL_KV: `${dir}/doppel.kv`, NO_COLOR: "1", ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return {
+      code: output.code,
+      text: new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr),
+    };
+  };
+  try {
+    const url = await startWith({ MQTT_URL: "mqtt://doppel-admin:S3cr/etPw@broker:1883" });
+    assertEquals(url.code, 1);
+    assert(url.text.includes("MQTT_URL is not a valid URL"), url.text);
+    assert(!url.text.includes("S3cr"), "the password is not printed");
+    const connections = await startWith({
+      MQTT_URL: "mqtt://127.0.0.1:1",
+      MQTT_BRIDGE_CONNECTIONS: "four",
+    });
+    assertEquals(connections.code, 1);
+    assert(connections.text.includes('MQTT_BRIDGE_CONNECTIONS "four"'), connections.text);
+    const subject = await startWith({ DOPPEL_VAPID_SUBJECT: "operators@example.com" });
+    assertEquals(subject.code, 1);
+    assert(subject.text.includes('"operators@example.com"'), subject.text);
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
