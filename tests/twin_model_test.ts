@@ -16,6 +16,7 @@ import {
 } from "../src/twin/json.ts";
 import { defineTwin, type TwinKind, z } from "../src/mod.ts";
 import { newTwinRecord, type TwinRecord } from "../src/twin/state.ts";
+import { desiredSince } from "../src/twin/presence.ts";
 import { emptyHistory, HistoryWriter, metricView } from "../src/telemetry/history.ts";
 import { runTurn, type TurnReads, type TurnResult, type TwinMessage } from "../src/twin/turn.ts";
 import thermostat from "../twins/thermostat.ts";
@@ -847,4 +848,49 @@ Deno.test("history writer: restore goes back to a mark, forgetting the rollups a
   // The history it had is untouched, and goes on from there.
   assertEquals(metricView(history, "power")?.buffer.map(([, v]) => v), [1]);
   assertEquals(metricView(writer.add(history, "power", T0 + 1, 2), "power")?.buffer.length, 2);
+});
+
+const free = defineTwin({
+  kind: "free",
+  telemetry: z.record(z.string(), z.json()),
+  desired: z.record(z.string(), z.json()),
+  reported: z.record(z.string(), z.json()),
+});
+
+/** Applies desired patches one turn each, from a fresh twin of the `free` kind. */
+function desiredPatches(patches: JsonObject[]): TwinRecord {
+  let record = fresh("free");
+  for (const patch of patches) {
+    const result = turn(record, [{ type: "desired", patch }], { kind: free });
+    okValue(result);
+    record = result.state;
+  }
+  return record;
+}
+
+Deno.test("desired catch-up: a device that missed a change of shape gets the whole document", () => {
+  const seen = desiredPatches([{ cfg: { x: 1, y: 2 }, s: 5, o: { k: 1 } }]);
+  const device = structuredClone(seen.desired) as JsonObject;
+  const now = desiredPatches([
+    { cfg: { x: 1, y: 2 }, s: 5, o: { k: 1 } },
+    { cfg: null },
+    { cfg: { z: 1 } },
+    { s: {} },
+    { o: 7 },
+    { o: { n: 1 } },
+  ]);
+  const update = desiredSince(now, seen.version);
+  assert(update);
+  const applied = update.full ? update.patch : applyMergePatch(device, update.patch);
+  assertEquals(applied, now.desired);
+  assertEquals(update.full, true);
+});
+
+Deno.test("desired metadata: a leaf set to the value it had keeps its version; nulls for missing keys leave no tombstone", () => {
+  const record = desiredPatches([{ a: 1, b: 1 }, { a: 1, b: 2 }, { gone: null, never: null }]);
+  assertEquals(record.metadata.desired.a, { updatedAt: new Date(T0).toISOString(), version: 2 });
+  assertEquals((record.metadata.desired.b as { version: number }).version, 3);
+  assertEquals(record.desiredTombstones, []);
+  // Catch-up from version 2 carries only what changed since.
+  assertEquals(desiredSince(record, 2)?.patch, { b: 2 });
 });

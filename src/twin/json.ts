@@ -156,20 +156,41 @@ export function updateMeta(
   meta: MetaTree,
   patch: JsonObject,
   stamp: LeafMeta,
+  before?: Json,
 ): MetaTree {
   const next: MetaTree = { ...meta };
+  const old = isObject(before) ? before : undefined;
   for (const [key, value] of Object.entries(patch)) {
+    const was = old && Object.hasOwn(old, key) ? old[key] : undefined;
     if (value === null) {
       delete next[key];
     } else if (isObject(value)) {
-      const current = next[key];
+      const current = Object.hasOwn(next, key) ? next[key] : undefined;
       const inner = current && !isLeafMeta(current) ? current : {};
-      next[key] = updateMeta(inner, value, stamp);
-    } else {
+      next[key] = updateMeta(inner, value, stamp, isObject(was) ? was : undefined);
+    } else if (!jsonEqual(was, value) || !Object.hasOwn(next, key)) {
+      // A leaf set to the value it had keeps its metadata: it did not change.
       next[key] = stamp;
     }
   }
   return next;
+}
+
+/**
+ * Whether a merge patch changes the shape of `before`, not only its leaves: an object replaced by
+ * a value or deleted, or a value replaced by an object. A device that missed such a change cannot
+ * be brought up to date with the changed leaves alone (the old children would stay).
+ */
+export function reshapes(before: Json | undefined, patch: JsonObject): boolean {
+  const old = isObject(before) ? before : undefined;
+  for (const [key, value] of Object.entries(patch)) {
+    const was = old && Object.hasOwn(old, key) ? old[key] : undefined;
+    if (isObject(value)) {
+      if (was !== undefined && !isObject(was)) return true;
+      if (reshapes(was, value)) return true;
+    } else if (isObject(was)) return true;
+  }
+  return false;
 }
 
 function isLeafMeta(value: LeafMeta | MetaTree): value is LeafMeta {

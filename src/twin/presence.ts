@@ -108,15 +108,20 @@ export function addTombstones(
   existing: Tombstone[],
   patch: JsonObject,
   version: number,
+  before: JsonObject = {},
 ): { tombstones: Tombstone[]; horizon: number } {
   const added: Tombstone[] = [];
-  const walk = (node: JsonObject, path: string[]) => {
+  // Only what was there is deleted: a null for a missing property leaves no tombstone (else a
+  // patch of many such nulls would push out the real ones).
+  const walk = (node: JsonObject, old: JsonObject | undefined, path: string[]) => {
     for (const [key, value] of Object.entries(node)) {
-      if (value === null) added.push({ path: [...path, key], version });
-      else if (isObject(value)) walk(value, [...path, key]);
+      const was = old && Object.hasOwn(old, key) ? old[key] : undefined;
+      if (value === null) {
+        if (was !== undefined) added.push({ path: [...path, key], version });
+      } else if (isObject(value)) walk(value, isObject(was) ? was : undefined, [...path, key]);
     }
   };
-  walk(patch, []);
+  walk(patch, before, []);
   if (added.length === 0) return { tombstones: existing, horizon: 0 };
   const all = [...existing, ...added];
   const dropped = Math.max(0, all.length - MAX_TOMBSTONES);

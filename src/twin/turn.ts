@@ -23,6 +23,7 @@ import {
   jsonBytes,
   type JsonObject,
   protoKeyPath,
+  reshapes,
   updateMeta,
 } from "./json.ts";
 import type { CommandOptions, TwinContext, TwinKind } from "./kind.ts";
@@ -942,13 +943,23 @@ class Turn {
     this.#update(draft, {
       version,
       [part]: next,
-      metadata: { ...state.metadata, [part]: updateMeta(state.metadata[part], patch, stamp) },
+      metadata: {
+        ...state.metadata,
+        [part]: updateMeta(state.metadata[part], patch, stamp, state[part]),
+      },
     });
     if (part === "desired") {
-      const { tombstones, horizon } = addTombstones(state.desiredTombstones, patch, version);
+      const { tombstones, horizon } = addTombstones(
+        state.desiredTombstones,
+        patch,
+        version,
+        state.desired,
+      );
+      // A device that missed a change of shape gets the whole document on catch-up.
+      const reshaped = reshapes(state.desired, patch) ? version : 0;
       this.#update(draft, {
         desiredTombstones: tombstones,
-        tombstoneHorizon: Math.max(state.tombstoneHorizon, horizon),
+        tombstoneHorizon: Math.max(state.tombstoneHorizon, horizon, reshaped),
       });
     }
     draft.changed = true;
