@@ -339,6 +339,10 @@ Deno.test("mqtt commands: a QoS 0 subscription is refused, as delivery is counte
     const error = await c.client.subscribeAsync("devices/q0/commands/+", { qos: 0 })
       .then(() => null, (e) => e as { packet?: { granted?: number[] } });
     assertEquals(error?.packet?.granted, [128]);
+    // Desired changes too: they count as seen on the PUBACK.
+    const desired = await c.client.subscribeAsync("devices/q0/twin/desired", { qos: 0 })
+      .then(() => null, (e) => e as { packet?: { granted?: number[] } });
+    assertEquals(desired?.packet?.granted, [128]);
     const command = await f.sendCommand("q0", { name: "reboot", payload: {} });
     await c.client.publishAsync("devices/q0/telemetry", json({ temperature: 1 }), { qos: 1 });
     assertEquals(await status(f, "q0", command.id), "queued");

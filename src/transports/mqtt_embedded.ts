@@ -129,12 +129,14 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
   broker.authorizeSubscribe = (client, subscription, done) => {
     const conn = conns.get(client);
     const owner = filterDevice(subscription.topic);
-    // Commands count as delivered on the device's PUBACK: at QoS 0 there is none to count on.
+    // Commands count as delivered, and desired changes as seen, on the device's PUBACK: at QoS 0
+    // there is none to count on (a lost packet would never be sent again).
     if (
       owner !== null && subscription.qos === 0 &&
-      topicMatches(subscription.topic, downTopic.command(owner, "x"))
+      (topicMatches(subscription.topic, downTopic.command(owner, "x")) ||
+        topicMatches(subscription.topic, downTopic.desired(owner)))
     ) {
-      log("warn", `Subscription to ${subscription.topic} at QoS 0 refused: commands need QoS 1.`, {
+      log("warn", `Subscription to ${subscription.topic} at QoS 0 refused: it needs QoS 1.`, {
         deviceId: conn?.device.id,
       });
       return done(null, null);
