@@ -68,3 +68,13 @@ test("input: a telemetry field name past 256 characters is refused, naming it", 
   assertEquals(error.details?.fields?.length, 1);
   await json(await t.dev(d, "POST", "/device/v1/telemetry", { ["m".repeat(256)]: 1 }), 202);
 });
+
+test("input: a tag named __proto__ is refused, naming it, rather than dropped", async (t) => {
+  const body = '{"id":"rn7","kind":"generic","tags":{"__proto__":"x","site":"a"}}';
+  await expectInvalid(await t.op("POST", "/api/v1/devices", body), "tags.__proto__");
+  await t.register({ id: "rn8", kind: "generic" });
+  await expectInvalid(
+    await t.op("PATCH", "/api/v1/devices/rn8", '{"tags":{"__proto__":"x"}}'),
+    "tags.__proto__",
+  );
+});

@@ -4,7 +4,7 @@
  * mutates its inputs, so a turn can drop a message's changes by simply not keeping them.
  * @module
  */
-import { bodyError } from "../errors.ts";
+import { bodyError, DoppelError } from "../errors.ts";
 
 /** A JSON value. */
 export type Json = null | boolean | number | string | Json[] | JsonObject;
@@ -105,6 +105,14 @@ export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
       `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`,
       `must nest at most ${MAX_JSON_DEPTH} levels`,
     );
+  }
+  // Anywhere in a document (tags, payloads, patches): assigned by name, it would vanish.
+  // (A top-level array is a batch: its items are named `items[i]`, as everywhere else.)
+  const proto = protoKeyPath(value, Array.isArray(value) ? "items" : "");
+  if (proto !== undefined) {
+    throw new DoppelError("validation_failed", `${what} has a property named __proto__.`, {
+      fields: [{ field: proto, message: "a property may not be named __proto__" }],
+    });
   }
   return value;
 }
