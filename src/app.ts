@@ -138,6 +138,10 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     onChange: async (event) => {
       const id = event.device.id;
       if (event.type === "deleted") runtime.evict(id);
+      // A disabled device is offline at once, HTTP-only ones too (they hold no session to end).
+      if (event.type === "updated" && !event.device.enabled) {
+        await runtime.send(id, { type: "presence.end", reason: "disabled" });
+      }
       // A new twin's first turn sets its timers (a no-data rule counts from registration).
       if (event.type === "registered") await runtime.send(id, { type: "wake" });
       // A disabled or deleted device is refused at once: its open sessions end, and followers

@@ -133,9 +133,11 @@ test("a disabled device is refused with 403 on every route, at once, and accepte
   const cmd2 = await queue(t, "d1");
   // Make sure the device was seen (activation warm, key cached) before it is disabled.
   await json(await t.dev(d, "POST", "/device/v1/telemetry", { temperature: 20 }), 202);
-  const before = await twinOf(t, "d1");
 
   await json(await t.op("PATCH", "/api/v1/devices/d1", { enabled: false }), 200);
+  // Disabling takes it offline (its own write); what it sends from now on writes nothing.
+  const before = await twinOf(t, "d1");
+  assertEquals(before.connection.status, "offline");
   const routes: Array<[string, string, unknown?]> = [
     ["POST", "/device/v1/telemetry", { temperature: 25 }],
     ["POST", "/device/v1/telemetry", [{ temperature: 25 }, { temperature: 26 }]],
@@ -1004,4 +1006,16 @@ test("an unknown field is named in details.fields (strict telemetry, single and 
     "validation_failed",
   );
   assert(fields(batch).includes("items[1].co2"), JSON.stringify(batch.details));
+});
+
+test("an HTTP device disabled is offline at once, with reason disabled", async (t) => {
+  const d = await t.register({ id: "off1" });
+  await json(await t.dev(d, "POST", "/device/v1/telemetry", { temperature: 20 }), 202);
+  const online = await json(await t.op("GET", "/api/v1/devices?status=online"), 200);
+  assertEquals(online.items.map((x: { id: string }) => x.id), ["off1"]);
+  await json(await t.op("PATCH", "/api/v1/devices/off1", { enabled: false }), 200);
+  const after = await json(await t.op("GET", "/api/v1/devices?status=online"), 200);
+  assertEquals(after.items, []);
+  const twin = await json(await t.op("GET", "/api/v1/twins/off1"), 200);
+  assertEquals([twin.connection.status, twin.connection.reason], ["offline", "disabled"]);
 });

@@ -106,6 +106,8 @@ export type TwinMessage =
   | { type: "session.open"; sessionId: string; transport: Transport; via: string; leaseMs: number }
   | { type: "session.renew"; sessionId: string; leaseMs: number }
   | { type: "session.close"; sessionId: string; reason: string }
+  /** The device may no longer connect (disabled): its HTTP presence ends now, not at its timeout. */
+  | { type: "presence.end"; reason: string }
   | { type: "desired.ack"; version: number }
   | { type: "alarm.acknowledge"; alarmId: string }
   | { type: "alarm.clear"; alarmId: string }
@@ -421,6 +423,13 @@ class Turn {
         return this.#renewSession(draft, message.sessionId, message.leaseMs);
       case "session.close":
         return this.#closeSession(draft, message.sessionId, message.reason);
+      case "presence.end":
+        if (draft.state.presence.httpUntil !== null) {
+          this.#update(draft, { presence: { ...draft.state.presence, httpUntil: null } });
+          draft.changed = true;
+        }
+        this.#settlePresence(draft, message.reason);
+        return {};
       case "alarm.acknowledge":
         return this.#acknowledgeAlarm(draft, message.alarmId);
       case "alarm.clear": {
