@@ -72,7 +72,16 @@ async function stream(
   }));
 }
 
-Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied exactly once", async () => {
+/**
+ * Runs `fn` with a temp folder holding the counter kind, a way to start servers on one KV file
+ * there (all stopped afterwards), and a way to register a counter device (its Basic auth).
+ */
+async function withCounterServers(
+  fn: (
+    start: () => Promise<DoppelProcess>,
+    register: (base: string, id: string) => Promise<string>,
+  ) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
   const servers: DoppelProcess[] = [];
   const start = async () => {
@@ -85,20 +94,31 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
     servers.push(server);
     return server;
   };
-  try {
-    await Deno.mkdir(`${dir}/kinds`);
-    await Deno.writeTextFile(`${dir}/kinds/counter.ts`, COUNTER_KIND);
-
-    // First run: register, then stream until KILL_AFTER messages are acknowledged, and kill.
-    let server = await start();
-    const reg = await fetch(`${server.base}/api/v1/devices`, {
+  const register = async (base: string, id: string) => {
+    const reg = await fetch(`${base}/api/v1/devices`, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-      body: JSON.stringify({ id: "c1", kind: "counter" }),
+      body: JSON.stringify({ id, kind: "counter" }),
     });
     const device = await reg.json();
     assertEquals(reg.status, 201, `register: ${JSON.stringify(device)}`);
-    const auth = `Basic ${btoa(`c1:${device.key}`)}`;
+    return `Basic ${btoa(`${id}:${device.key}`)}`;
+  };
+  try {
+    await Deno.mkdir(`${dir}/kinds`);
+    await Deno.writeTextFile(`${dir}/kinds/counter.ts`, COUNTER_KIND);
+    await fn(start, register);
+  } finally {
+    for (const server of servers) await server.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied exactly once", async () => {
+  await withCounterServers(async (start, register) => {
+    // First run: register, then stream until KILL_AFTER messages are acknowledged, and kill.
+    let server = await start();
+    const auth = await register(server.base, "c1");
 
     const seqs = Array.from({ length: TOTAL }, (_, i) => i + 1);
     const acked = new Set<number>();
@@ -163,37 +183,13 @@ Deno.test("SIGKILL mid-stream: every acknowledged telemetry message is applied e
       kind: "accepted",
       body: { accepted: 0, duplicates: 1 },
     });
-  } finally {
-    for (const server of servers) await server.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("SIGTERM mid-stream: the server exits cleanly, and every message it applied was answered 202", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "doppel_process_test_" });
-  const servers: DoppelProcess[] = [];
-  const start = async () => {
-    const server = await DoppelProcess.start({
-      MQTT_PORT: "0",
-      DOPPEL_KV: `${dir}/data/doppel.kv`,
-      DOPPEL_TWINS: `${dir}/kinds`,
-      DOPPEL_ADMIN_TOKEN: TOKEN,
-    });
-    servers.push(server);
-    return server;
-  };
-  try {
-    await Deno.mkdir(`${dir}/kinds`);
-    await Deno.writeTextFile(`${dir}/kinds/counter.ts`, COUNTER_KIND);
+  await withCounterServers(async (start, register) => {
     const first = await start();
-    const reg = await fetch(`${first.base}/api/v1/devices`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-      body: JSON.stringify({ id: "c2", kind: "counter" }),
-    });
-    const device = await reg.json();
-    assertEquals(reg.status, 201);
-    const auth = `Basic ${btoa(`c2:${device.key}`)}`;
+    const auth = await register(first.base, "c2");
     const acked = new Set<number>();
     const run: { stopped: Promise<Deno.CommandStatus> | null } = { stopped: null };
     await stream(Array.from({ length: TOTAL }, (_, i) => i + 1), SENDERS, async (seq) => {
@@ -213,10 +209,7 @@ Deno.test("SIGTERM mid-stream: the server exits cleanly, and every message it ap
     const unanswered = [...after.seqs].filter((seq) => !acked.has(seq));
     assertEquals(unanswered, [], "applied but never answered 202");
     assertEquals([...acked].filter((seq) => !after.seqs.has(seq)), [], "answered but not applied");
-  } finally {
-    for (const server of servers) await server.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("start-up refuses bad settings with a message naming them, and never prints the broker password", async () => {
