@@ -557,6 +557,26 @@ Deno.test("bridge dynsec: a gateway's subscription to a child deleted and regist
   });
 });
 
+Deno.test("bridge dynsec: registering a device while the broker is away keeps Doppel up, and the broker catches up", async () => {
+  await withSystem(async (system) => {
+    const mark = system.doppel.lines.length;
+    await system.broker.stop();
+    // The registry answers (after its bounded wait for the broker); the dynsec commands left
+    // waiting time out later, with the broker still away: that must not end the process.
+    const creds = await system.op.register("away1", "thermostat");
+    const deadline = Date.now() + 12_000;
+    await until(() => Date.now() >= deadline, "the dynsec commands' timeouts to pass", 15_000);
+    assert(system.doppel.running, "Doppel is still running");
+    const health = await fetch(`${system.doppel.base}/healthz`);
+    await health.body?.cancel();
+    assertEquals(health.status, 200);
+    // Back, the bridge reconnects and reconciles: the device gets its broker client.
+    await system.broker.start();
+    await system.doppel.waitFor(/Broker credentials reconciled for 1 devices/, 30_000, mark);
+    await system.accepted(creds);
+  });
+});
+
 /**
  * Devices stream QoS 1 telemetry with unique ids while Mosquitto is restarted (SIGTERM, then
  * started again on the same port and persistence folder); devices and bridge reconnect by
