@@ -266,8 +266,18 @@ export class PushNotifier {
 
 /** Whether a subscription's keys are a P-256 public key and a 16-byte secret, base64url. */
 export function usableKeys(keys: { p256dh: string; auth: string }): boolean {
-  const p256dh = base64urlBytes(keys.p256dh);
-  return p256dh?.length === 65 && p256dh[0] === 4 && base64urlBytes(keys.auth)?.length === 16;
+  return isP256PublicKey(keys.p256dh) && isAuthSecret(keys.auth);
+}
+
+/** Whether `text` is a base64url P-256 public key, uncompressed (65 bytes, the first 0x04). */
+export function isP256PublicKey(text: string): boolean {
+  const bytes = base64urlBytes(text);
+  return bytes?.length === 65 && bytes[0] === 4;
+}
+
+/** Whether `text` is a base64url 16-byte secret (a subscription's `auth`). */
+export function isAuthSecret(text: string): boolean {
+  return base64urlBytes(text)?.length === 16;
 }
 
 /** The bytes of base64url `text` (padding optional), or `null` if it is not base64url. */

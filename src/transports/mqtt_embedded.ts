@@ -306,23 +306,20 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     const push = (
       topic: string,
       body: Record<string, unknown>,
-      needsAck = false,
+      untilClosed = false,
     ): Promise<boolean> => {
       const qos = subscriptionQos(topic);
       if (qos === undefined || client.closed) return Promise.resolve(false);
-      if (qos === 0) {
-        // Nothing to wait for: fine for desired state (the device acknowledges it itself), not
-        // for a command, which is delivered only on a PUBACK.
-        if (needsAck) return Promise.resolve(false);
-        return publish(topic, body, 0).then(() => true);
-      }
+      // Commands and desired changes count as handed over on a PUBACK: subscriptions to them at
+      // QoS 0 are refused, and nothing is counted without one.
+      if (qos === 0) return Promise.resolve(false);
       const messageId = nextIds.get(client) ?? 1;
       nextIds.set(client, messageId >= 65535 ? 1 : messageId + 1);
       const payload = Buffer.from(JSON.stringify(body));
       stamps.set(payload, { clientId: client.id, messageId });
       const key = `${client.id}|${messageId}`;
       return new Promise((resolve) => {
-        const timer = needsAck ? undefined : setTimeout(() => settle(false), ACK_TIMEOUT_MS);
+        const timer = untilClosed ? undefined : setTimeout(() => settle(false), ACK_TIMEOUT_MS);
         const settle = (ok: boolean) => {
           clearTimeout(timer);
           waiting.delete(key);

@@ -106,11 +106,8 @@ export class SessionHub {
     // The device was authenticated a moment ago: a change made since (disabled, deleted, its key
     // retired) found no session to end. Registered now, it is ended by any later change, and
     // here for an earlier one.
-    const now = await this.#registry.get(device.id);
-    if (!now?.enabled) session.kick(now ? "disabled" : "deleted");
-    else if (options.keyId && !now.keys.some((k) => k.sealed === options.keyId)) {
-      session.kick("key revoked");
-    }
+    const ended = endedBy(await this.#registry.get(device.id), options.keyId);
+    if (ended) session.kick(ended);
     return session;
   }
 
@@ -136,11 +133,10 @@ export class SessionHub {
   async deviceChanged(deviceId: string): Promise<void> {
     const device = await this.#registry.get(deviceId);
     if (device?.enabled) {
-      const valid = new Set(device.keys.map((k) => k.sealed));
       for (const session of this.#sessions) {
-        if (session.deviceId === deviceId && session.keyId && !valid.has(session.keyId)) {
-          session.kick("key revoked");
-        }
+        if (session.deviceId !== deviceId) continue;
+        const ended = endedBy(device, session.keyId);
+        if (ended) session.kick(ended);
       }
       return;
     }
@@ -364,4 +360,15 @@ export class DeviceSession {
       transport: this.transport,
     });
   }
+}
+
+/**
+ * Why a session of `device` (as the registry has it now, `null` if deleted) that signed in with
+ * key `keyId` may go on no longer, or `null` if it may.
+ */
+function endedBy(device: DeviceRecord | null, keyId: string | undefined): string | null {
+  if (!device) return "deleted";
+  if (!device.enabled) return "disabled";
+  if (keyId && !device.keys.some((k) => k.sealed === keyId)) return "key revoked";
+  return null;
 }

@@ -27,57 +27,66 @@ export function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/**
- * The path of the first property named `__proto__` in `value`, or `undefined` if it has none.
- * JSON may name a property so, but an object assigned one by name has its prototype replaced
- * instead, so the value would vanish: such documents are refused rather than changed silently.
- */
-export function protoKeyPath(value: unknown, path = ""): string | undefined {
-  if (typeof value !== "object" || value === null) return undefined;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = protoKeyPath(value[i], `${path}[${i}]`);
-      if (found !== undefined) return found;
-    }
-    return undefined;
-  }
-  if (Object.hasOwn(value, "__proto__")) return path ? `${path}.__proto__` : "__proto__";
-  for (const key in value) {
-    const found = protoKeyPath((value as JsonObject)[key], path ? `${path}.${key}` : key);
-    if (found !== undefined) return found;
-  }
-  return undefined;
-}
-
 /** How deep a JSON document from outside may nest (objects and arrays). */
 export const MAX_JSON_DEPTH = 32;
 
 /**
- * Whether `value` nests objects or arrays more than `max` levels deep. Documents from outside
- * are checked once parsed: code that walks them recursively (merge patches, schemas, encoding)
- * would otherwise overflow the stack on a small body nested a hundred thousand levels deep.
+ * What is wrong with a document's shape, walking it once: `"deep"` if it nests objects or arrays
+ * more than `maxDepth` levels (code that walks documents recursively would overflow the stack on
+ * a small body nested a hundred thousand levels deep), else the path of the first property named
+ * `__proto__` (JSON may name a property so, but assigned by name it replaces the prototype and
+ * vanishes), else `null`. Path segments are kept on a stack and joined only when one is found.
  */
-export function nestedDeeperThan(value: unknown, max: number): boolean {
-  if (typeof value !== "object" || value === null) return false;
-  if (max === 0) return true;
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      if (nestedDeeperThan(value[i], max - 1)) return true;
+function shapeIssue(value: unknown, maxDepth: number): "deep" | Array<string | number> | null {
+  const path: Array<string | number> = [];
+  const walk = (node: unknown, depth: number): "deep" | Array<string | number> | null => {
+    if (typeof node !== "object" || node === null) return null;
+    if (depth === maxDepth) return "deep";
+    if (Array.isArray(node)) {
+      for (let i = 0; i < node.length; i++) {
+        path.push(i);
+        const found = walk(node[i], depth + 1);
+        if (found) return found;
+        path.pop();
+      }
+      return null;
     }
-    return false;
+    if (Object.hasOwn(node, "__proto__")) return [...path, "__proto__"];
+    for (const key in node) {
+      path.push(key);
+      const found = walk((node as JsonObject)[key], depth + 1);
+      if (found) return found;
+      path.pop();
+    }
+    return null;
+  };
+  return walk(value, 0);
+}
+
+/** A path as fields are named in errors: `a.b[2].c`, under `prefix` (say `items`). */
+function fieldPath(segments: Array<string | number>, prefix = ""): string {
+  let out = prefix;
+  for (const segment of segments) {
+    out += typeof segment === "number" ? `[${segment}]` : out ? `.${segment}` : segment;
   }
-  for (const key in value) {
-    if (nestedDeeperThan((value as JsonObject)[key], max - 1)) return true;
-  }
-  return false;
+  return out;
+}
+
+/**
+ * The path of the first property named `__proto__` in `value` (which nests at most
+ * {@link MAX_JSON_DEPTH} levels), or `undefined` if it has none.
+ */
+export function protoKeyPath(value: unknown): string | undefined {
+  const issue = shapeIssue(value, Infinity);
+  return Array.isArray(issue) ? fieldPath(issue) : undefined;
 }
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * A JSON document from outside (a body, a frame, an MQTT payload; `what` names it in errors):
- * UTF-8, not empty, valid JSON, nested at most {@link MAX_JSON_DEPTH} levels — or a 400 whose
- * details name the field `(body)`.
+ * UTF-8, not empty, valid JSON, nested at most {@link MAX_JSON_DEPTH} levels, no property named
+ * `__proto__` — or a 400 whose details name the field.
  */
 export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
   let text: string;
@@ -99,19 +108,20 @@ export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
       "must be valid JSON",
     );
   }
-  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+  const issue = shapeIssue(value, MAX_JSON_DEPTH);
+  if (issue === "deep") {
     throw bodyError(
       "bad_request",
       `${what} nests deeper than ${MAX_JSON_DEPTH} levels.`,
       `must nest at most ${MAX_JSON_DEPTH} levels`,
     );
   }
-  // Anywhere in a document (tags, payloads, patches): assigned by name, it would vanish.
-  // (A top-level array is a batch: its items are named `items[i]`, as everywhere else.)
-  const proto = protoKeyPath(value, Array.isArray(value) ? "items" : "");
-  if (proto !== undefined) {
+  if (issue) {
+    // Anywhere in a document (tags, payloads, patches): assigned by name, it would vanish. (A
+    // top-level array is a batch: its items are named `items[i]`, as everywhere else.)
+    const field = fieldPath(issue, Array.isArray(value) ? "items" : "");
     throw new DoppelError("validation_failed", `${what} has a property named __proto__.`, {
-      fields: [{ field: proto, message: "a property may not be named __proto__" }],
+      fields: [{ field, message: "a property may not be named __proto__" }],
     });
   }
   return value;

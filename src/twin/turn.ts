@@ -823,8 +823,7 @@ class Turn {
         this.#set(draft, "telemetry", { last: { ...telemetry.last, ...item.values }, lastAt: at });
       }
       if (keepHistory) this.#keepHistory(draft, item.ts, item.values);
-      for (let r = 0; r < kind.rules.length && !late; r++) {
-        const rule = kind.rules[r];
+      for (const rule of late ? NO_RULES : kind.rules) {
         const metric = "metric" in rule ? rule.metric : undefined;
         const value = metric === undefined ? undefined : numericValue(item.values[metric]);
         if (rule.rule === "no_data" && metric !== undefined && value === undefined) continue;
@@ -1408,6 +1407,7 @@ function rollback(draft: Draft, saved: Checkpoint): void {
 }
 
 const NO_CHUNKS: ReadonlyMap<string, RollupChunk | null> = new Map();
+const NO_RULES: readonly Rule[] = [];
 // A draft starts with these and replaces them on its first write (they are never changed in place).
 const NO_COMMANDS: Map<number, CommandRecord> = new Map();
 const NO_ALARMS: Map<string, AlarmWrite> = new Map();

@@ -7,14 +7,12 @@ import { Hono } from "hono";
 import { z } from "zod";
 import { DoppelError, validationError } from "../errors.ts";
 import { type AlarmRecord, SEVERITIES, type Severity } from "../rules/alarms.ts";
-import { usableKeys } from "../push/notifier.ts";
+import { isAuthSecret, isP256PublicKey } from "../push/notifier.ts";
 import { keys } from "../storage/keys.ts";
 import { intParam, listPage, parseWith, readJson } from "./http.ts";
 import type { Services } from "./services.ts";
 
 const STATES = new Set(["active", "acknowledged", "cleared"]);
-/** A well-formed P-256 key (0x04 then 64 bytes), to check an `auth` secret on its own. */
-const P256_SHAPE = "B" + "A".repeat(86);
 
 /** `POST /api/v1/push/subscriptions`: a browser's `PushSubscription.toJSON()`. */
 export const PushSubscriptionBody = z.strictObject({
@@ -23,13 +21,10 @@ export const PushSubscriptionBody = z.strictObject({
     // What web push encrypts to: a P-256 public key, uncompressed (65 bytes, first 0x04), and a
     // 16-byte secret, each base64url. Anything else could never be sent to.
     p256dh: z.string().max(256).refine(
-      (text) => usableKeys({ p256dh: text, auth: "AAAAAAAAAAAAAAAAAAAAAA" }),
+      isP256PublicKey,
       "must be a base64url P-256 public key (65 bytes, uncompressed)",
     ),
-    auth: z.string().max(64).refine(
-      (text) => usableKeys({ p256dh: P256_SHAPE, auth: text }),
-      "must be a base64url 16-byte secret",
-    ),
+    auth: z.string().max(64).refine(isAuthSecret, "must be a base64url 16-byte secret"),
   }),
   expirationTime: z.number().nullable().optional(),
   severities: z.array(z.enum(SEVERITIES)).min(1).optional(),
