@@ -80,7 +80,6 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
     // Chunks list by their earliest point, and each spans less than FLUSH_SPAN_MS: once a page's
     // worth of points is in hand and the next chunk starts after the last of them, no later
     // chunk can change the page. So a page reads the chunks it needs, not the whole range.
-    let sorted = false;
     let more = false;
     for await (
       const entry of kv.list<Array<[number, number]>>({
@@ -89,14 +88,12 @@ export async function queryHistory(kv: Deno.Kv, q: HistoryQuery): Promise<Histor
       })
     ) {
       if (points.length >= q.limit) {
-        if (!sorted) points.sort((a, b) => a[0] - b[0]);
-        sorted = true;
+        points.sort((a, b) => a[0] - b[0]);
         if ((entry.key[3] as number) > points[q.limit - 1][0]) {
           more = true;
           break;
         }
       }
-      sorted = false;
       for (const point of entry.value) {
         // Past retention and not yet swept: gone all the same.
         if (point[0] >= from && point[0] <= q.to && point[0] + q.retention.raw > q.now) {

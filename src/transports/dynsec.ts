@@ -130,10 +130,7 @@ export class DynsecSync {
         }]);
         break;
       case "deleted":
-        await this.#run([
-          { command: "deleteClient", username: device.id },
-          { command: "deleteRole", rolename: deviceRole(device.id) },
-        ], ["Client not found", "Role not found"]);
+        await this.#remove(device.id);
         break;
     }
   }
@@ -174,13 +171,17 @@ export class DynsecSync {
     for (const client of clients) {
       // Only clients made for devices (they hold their own device role), never other users.
       const own = (client.roles ?? []).some((r) => r.rolename === deviceRole(client.username));
-      if (!own || ids.has(client.username)) continue;
-      await this.#run([
-        { command: "deleteClient", username: client.username },
-        { command: "deleteRole", rolename: deviceRole(client.username) },
-      ], ["Client not found", "Role not found"]);
+      if (own && !ids.has(client.username)) await this.#remove(client.username);
     }
     return count;
+  }
+
+  /** Removes a device's broker client and role, if they are there. */
+  async #remove(id: string): Promise<void> {
+    await this.#run([
+      { command: "deleteClient", username: id },
+      { command: "deleteRole", rolename: deviceRole(id) },
+    ], ["Client not found", "Role not found"]);
   }
 
   /**
