@@ -158,15 +158,22 @@ Deno.test("mqtt: a device disabled while connected is disconnected and cannot re
   });
 });
 
+/** Registers device `id` and connects it, online, with a will that reports `reported`. */
+async function withWill(
+  f: TransportFixture,
+  id: string,
+  reported: Record<string, unknown>,
+): Promise<Awaited<ReturnType<TransportFixture["mqtt"]>>> {
+  const d = await f.register({ id });
+  const will = { topic: `devices/${id}/twin/reported`, payload: Buffer.from(json(reported)) };
+  const c = await f.mqtt(d, { will: { ...will, qos: 1, retain: false } });
+  await waitConnection(f, id, "online");
+  return c;
+}
+
 Deno.test("mqtt: the will of a device disabled while connected is not applied", async () => {
   await withFixture(async (f) => {
-    const d = await f.register({ id: "m2" });
-    const will = {
-      topic: "devices/m2/twin/reported",
-      payload: Buffer.from(json({ firmware: "after-disable" })),
-    };
-    const c = await f.mqtt(d, { will: { ...will, qos: 1, retain: false } });
-    await waitConnection(f, "m2", "online");
+    const c = await withWill(f, "m2", { firmware: "after-disable" });
     const before = await f.twin("m2");
     await f.setEnabled("m2", false);
     await c.whenClosed();
@@ -180,13 +187,7 @@ Deno.test("mqtt: the will of a device disabled while connected is not applied", 
 
 Deno.test("mqtt: the will of a connection lost without DISCONNECT is applied", async () => {
   await withFixture(async (f) => {
-    const d = await f.register({ id: "m3" });
-    const will = {
-      topic: "devices/m3/twin/reported",
-      payload: Buffer.from(json({ firmware: "lost" })),
-    };
-    const c = await f.mqtt(d, { will: { ...will, qos: 1, retain: false } });
-    await waitConnection(f, "m3", "online");
+    const c = await withWill(f, "m3", { firmware: "lost" });
     (c.client as unknown as { stream: { destroy(): void } }).stream.destroy();
     await until(
       async () => (await loadTwin(f.kv, "m3"))?.state.reported.firmware === "lost",
