@@ -48,10 +48,13 @@ interface System {
   /** Bridge connections Doppel opens. */
   connections: number;
   /**
-   * Kills Doppel (SIGKILL) and starts it again on the same KV, running `meanwhile` (given the KV
-   * file's path) while it is down; waits for the bridge to be up.
+   * Stops Doppel (SIGKILL, unless `signal` says otherwise) and starts it again on the same KV,
+   * running `meanwhile` (given the KV file's path) while it is down; waits for the bridge to be up.
    */
-  restartDoppel(meanwhile?: (kvPath: string) => Promise<void>): Promise<DoppelProcess>;
+  restartDoppel(
+    meanwhile?: (kvPath: string) => Promise<void>,
+    signal?: Deno.Signal,
+  ): Promise<DoppelProcess>;
 }
 
 /** Starts Mosquitto and Doppel in bridge mode, runs `fn`, and always tears everything down. */
@@ -117,8 +120,8 @@ async function withSystem(
         await system.accepted(creds);
         return creds;
       },
-      async restartDoppel(meanwhile) {
-        await system.doppel.stop();
+      async restartDoppel(meanwhile, signal) {
+        await system.doppel.stop(signal);
         await meanwhile?.(`${dir}/data/doppel.kv`);
         system.doppel = doppel = await startDoppel();
         system.op = new Operator(doppel.base, TOKEN);
@@ -165,16 +168,30 @@ async function commandStatus(op: Operator, deviceId: string, id: string): Promis
   return (await op.expect(200, "GET", `/api/v1/devices/${deviceId}/commands/${id}`)).status;
 }
 
-/** Online-announcing device options: the will says offline. */
-function presenceWill(id: string): IClientOptions {
+/** Online-announcing device options: the will says offline (retained, if `retain`). */
+function presenceWill(id: string, retain = false): IClientOptions {
   return {
     will: {
       topic: `devices/${id}/presence`,
       payload: new TextEncoder().encode(JSON.stringify({ status: "offline" })) as never,
       qos: 1,
-      retain: false,
+      retain,
     },
   };
+}
+
+/** Announces `id` online, retained, as a device does so a restarted bridge knows it is there. */
+async function announceRetained(device: MqttDevice, id: string): Promise<void> {
+  await device.client.publishAsync(
+    `devices/${id}/presence`,
+    JSON.stringify({ status: "online" }),
+    { qos: 1, retain: true },
+  );
+}
+
+/** The twin's connection status. */
+async function status(op: Operator, id: string): Promise<string> {
+  return (await op.twin(id)).connection.status;
 }
 
 Deno.test("bridge dynsec: a registered device connects with its key, wrong keys and strangers are refused, QoS 1 telemetry lands, the ACL holds", async () => {
@@ -492,6 +509,99 @@ Deno.test("bridge: restarting Doppel leaves devices connected to the broker, and
     );
     assert(c.client.connected, "the device is still connected after Doppel restarted");
     assertEquals(c.connects, 1, "and never had to reconnect");
+  });
+});
+
+Deno.test("bridge presence: retained announcements tell a restarted Doppel who is connected: a device still there is served at once, one whose will fired meanwhile goes offline", async () => {
+  await withSystem(async (system) => {
+    const stay = await system.register("here1");
+    const gone = await system.register("gone1");
+    const s = await system.device(stay, { clean: false, ...presenceWill("here1", true) });
+    const g = await system.device(gone, { clean: false, ...presenceWill("gone1", true) });
+    await s.client.subscribeAsync("devices/here1/commands/+", { qos: 1 });
+    await announceRetained(s, "here1");
+    await announceRetained(g, "gone1");
+    for (const id of ["here1", "gone1"]) {
+      await until(async () => (await status(system.op, id)) === "online", `${id} online`);
+    }
+    // Doppel restarts (SIGTERM); meanwhile gone1's connection is lost, so the broker keeps its
+    // will.
+    await system.restartDoppel(async () => {
+      g.client.stream.destroy();
+      await g.when(() => !g.client.connected, "gone1 disconnected");
+    }, "SIGTERM");
+    // gone1's session would have lasted its 90 s lease: the retained will ends it now.
+    await until(async () => (await status(system.op, "gone1")) === "offline", "gone1 offline");
+    // here1 never announced again, yet the restarted bridge serves it: a command reaches it.
+    const command = await system.op.expect(202, "POST", "/api/v1/devices/here1/commands", {
+      name: "reboot",
+      payload: {},
+    });
+    await s.message((t) => t === `devices/here1/commands/${command.id}`, "the command");
+    assertEquals(s.connects, 1, "here1 never reconnected");
+    // Nor did it show offline while Doppel restarted: it was connected all along.
+    const events = await system.op.expect(200, "GET", "/api/v1/devices/here1/events?type=presence");
+    assertEquals((events.items as Array<{ type: string }>).map((e) => e.type), ["presence.online"]);
+  });
+});
+
+Deno.test("bridge presence: a gateway's children go offline with its will, also one that fired while Doppel was down, and their retained announcements do not bring them back", async () => {
+  await withSystem(async (system) => {
+    const gw = await system.register("gw2");
+    for (const id of ["kid2", "kid3"]) {
+      const kid = await system.op.expect(201, "POST", "/api/v1/devices", {
+        id,
+        kind: "thermostat",
+        parent: "gw2",
+      });
+      await system.accepted({ id, key: kid.key });
+    }
+    const other = await system.device(await system.register("other2"));
+    const g = await system.device(gw, { clean: false, ...presenceWill("gw2", true) });
+    // kid3 is announced before its gateway (as retained announcements may come after a restart),
+    // kid2 after it.
+    await announceRetained(g, "kid3");
+    await until(async () => (await status(system.op, "kid3")) === "online", "kid3 online");
+    await announceRetained(g, "gw2");
+    await announceRetained(g, "kid2");
+    for (const id of ["gw2", "kid2"]) {
+      await until(async () => (await status(system.op, id)) === "online", `${id} online`);
+    }
+    g.client.stream.destroy();
+    for (const id of ["kid2", "kid3"]) {
+      await until(async () => (await status(system.op, id)) === "offline", `${id} offline`);
+    }
+    assertEquals(await status(system.op, "gw2"), "offline");
+    // kid3 moved onto the gateway's session without going offline in between.
+    const events = await system.op.expect(200, "GET", "/api/v1/devices/kid3/events?type=presence");
+    assertEquals(
+      (events.items as Array<{ type: string }>).map((e) => e.type),
+      ["presence.offline", "presence.online"], // Newest first.
+    );
+
+    await system.restartDoppel();
+    // The retained presence messages come with the bridge's subscription, before anything
+    // published after it: once other2's reading is in, they have been applied.
+    await other.publish("devices/other2/telemetry", { temperature: 5 });
+    await until(
+      async () => (await system.op.twin("other2")).telemetry?.last?.temperature === 5,
+      "other2's reading",
+    );
+    for (const id of ["gw2", "kid2", "kid3"]) assertEquals(await status(system.op, id), "offline");
+
+    // The gateway comes back with kid2; then it is lost while Doppel is down: the restarted
+    // bridge finds its retained will, and kid2 goes offline with it too.
+    const again = await system.device(gw, { clean: false, ...presenceWill("gw2", true) });
+    await announceRetained(again, "gw2");
+    await announceRetained(again, "kid2");
+    await until(async () => (await status(system.op, "kid2")) === "online", "kid2 online again");
+    await system.restartDoppel(async () => {
+      again.client.stream.destroy();
+      await again.when(() => !again.client.connected, "the gateway disconnected");
+    });
+    for (const id of ["gw2", "kid2"]) {
+      await until(async () => (await status(system.op, id)) === "offline", `${id} offline`);
+    }
   });
 });
 

@@ -246,6 +246,15 @@ export class Registry {
     return DEVICE_ID.test(id) && (await this.#cached(id)) !== null;
   }
 
+  /** The ids of the devices registered under gateway `parent`. */
+  async childIds(parent: string): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const entry of this.#kv.list({ prefix: keys.devicesByParent(parent) })) {
+      ids.push(entry.key[2] as string);
+    }
+    return ids;
+  }
+
   /** The stored device, or `null`. */
   async get(id: string): Promise<DeviceRecord | null> {
     return (await this.#kv.get<DeviceRecord>(keys.device(id))).value;

@@ -9,7 +9,8 @@
  * Authentication and the topic ACL are the broker's job here; with `dynsec`, the registry keeps
  * Mosquitto's dynamic-security clients and roles in step. The broker cannot tell Doppel when a
  * device connects, so devices announce themselves: `devices/{id}/presence` `{"status":"online"}`
- * on connect, with the same topic and `{"status":"offline"}` as their will. An online device gets
+ * on connect, with the same topic and `{"status":"offline"}` as their will, both retained, so a
+ * bridge that subscribes again (after a restart) learns who is connected. An online device gets
  * its desired catch-up and queued commands; a command counts as `delivered` when the broker has
  * acknowledged it (QoS 1), which with a persistent device session is the broker's promise to
  * deliver it.
@@ -24,7 +25,7 @@ import { isObject } from "../twin/json.ts";
 import type { DesiredUpdate } from "../twin/presence.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 import { DynsecSync } from "./dynsec.ts";
-import { downTopic, parseUplinkTopic } from "./mqtt_topics.ts";
+import { downTopic, parseUplinkTopic, upTopic } from "./mqtt_topics.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, parseBody } from "./uplink.ts";
 
@@ -71,6 +72,18 @@ export interface MqttBridge {
   onRegistry(event: RegistryEvent): Promise<void>;
   /** Disconnects. */
   close(): Promise<void>;
+}
+
+/** What a gateway's children's presence becomes when the gateway goes offline. */
+const OFFLINE = { status: "offline" };
+
+/**
+ * The id of a device's bridge session: the same in every process, so a bridge started after
+ * another's end takes over its sessions, and an offline announcement ends the one an earlier
+ * process opened.
+ */
+function bridgeSessionId(deviceId: string): string {
+  return `bridge:${deviceId}`;
 }
 
 const UPLINK_TOPICS = [
@@ -148,10 +161,11 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     ),
   ).then(() => {});
 
-  function publish(topic: string, body: unknown, qos: 0 | 1): Promise<boolean> {
+  function publish(topic: string, body: unknown, qos: 0 | 1, retain = false): Promise<boolean> {
     const client = clients.find((c) => c.connected);
     if (!client) return Promise.resolve(false);
-    return client.publishAsync(topic, JSON.stringify(body), { qos }).then(() => true, () => false);
+    return client.publishAsync(topic, JSON.stringify(body), { qos, retain })
+      .then(() => true, () => false);
   }
 
   const downlink: Downlink = {
@@ -172,8 +186,10 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     const topic = parseUplinkTopic(packet.topic);
     if (!topic) return; // Not ours (a subscription overlap): acknowledge and ignore.
     // A retained message comes again with every new subscription (each bridge restart): it was
-    // applied when it was published, and must not be again.
-    if (packet.retain) {
+    // applied when it was published, and must not be again. Presence is the exception: it is
+    // state, not an event, and a retained announcement (with a retained will) is how a restarted
+    // bridge learns who is connected.
+    if (packet.retain && topic.op !== "presence") {
       log("warn", `Retained message on ${packet.topic} ignored: uplinks are applied once, live.`);
       return;
     }
@@ -209,21 +225,64 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   async function presence(device: DeviceRecord, payload: Uint8Array): Promise<void> {
     const body = parseBody(payload, "The presence message");
     const status = isObject(body) ? body.status : undefined;
-    const current = sessions.get(device.id);
-    if (status === "online") {
-      if (current) return;
-      sessions.set(device.id, await deps.sessions.open(device, downlink));
-    } else if (status === "offline") {
-      sessions.delete(device.id);
-      await current?.close("disconnect");
-    } else {
-      throw new DoppelError(
-        "validation_failed",
-        'A presence message is {"status": "online" | "offline"}.',
-        {
-          fields: [{ field: "status", message: 'must be "online" or "offline"' }],
-        },
-      );
+    if (status === "online") return await online(device);
+    if (status === "offline") return await offline(device);
+    throw new DoppelError(
+      "validation_failed",
+      'A presence message is {"status": "online" | "offline"}.',
+      {
+        fields: [{ field: "status", message: 'must be "online" or "offline"' }],
+      },
+    );
+  }
+
+  /**
+   * A device announced itself, or its gateway announced it. A child whose gateway is online is
+   * served through the gateway's session, so it goes offline with the gateway (whose will speaks
+   * only for the gateway itself).
+   */
+  async function online(device: DeviceRecord): Promise<void> {
+    if (sessions.has(device.id)) return;
+    const gateway = device.parent === null ? undefined : sessions.get(device.parent);
+    if (gateway) return await gateway.attach(device);
+    const id = bridgeSessionId(device.id);
+    sessions.set(device.id, await deps.sessions.open(device, downlink, { id }));
+  }
+
+  /**
+   * A device announced itself offline, or its will did. Its gateway's session stops serving it;
+   * so do sessions an earlier process opened (before a restart: they have the same ids). A
+   * gateway's children go with it, as its will speaks only for itself: each gets a retained
+   * offline announcement, which ends its session here and keeps an old retained "online" from
+   * bringing it back when a bridge subscribes again.
+   */
+  async function offline(device: DeviceRecord): Promise<void> {
+    const own = sessions.get(device.id);
+    sessions.delete(device.id);
+    await own?.close("disconnect");
+    const gateway = device.parent === null ? undefined : sessions.get(device.parent);
+    const served = gateway?.serves(device.id) ?? false;
+    if (served) await gateway!.detach(device.id, "disconnect");
+    const stale = [
+      ...(own ? [] : [device.id]),
+      ...(device.parent === null || served ? [] : [device.parent]),
+    ];
+    for (const holder of stale) {
+      await deps.runtime.send(device.id, {
+        type: "session.close",
+        sessionId: bridgeSessionId(holder),
+        reason: "disconnect",
+      });
+    }
+    // Not waited for: the broker's acknowledgements come on a connection that reads nothing more
+    // until this message is handled.
+    for (const child of await deps.registry.childIds(device.id)) {
+      publish(upTopic.presence(child), OFFLINE, 1, true).then((sent) => {
+        if (sent) return;
+        log("warn", `The retained offline announcement of ${child} could not be published.`, {
+          deviceId: child,
+        });
+      });
     }
   }
 
@@ -247,7 +306,9 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       );
     },
     async close() {
-      await Promise.all([...sessions.values()].map((s) => s.close("server shutdown")));
+      // The devices stay connected to the broker: their sessions are left to their leases, for
+      // the next process to take over (by their ids) from the retained announcements.
+      for (const session of sessions.values()) session.abandon();
       sessions.clear();
       await Promise.all(clients.map((c) => c.endAsync()));
     },

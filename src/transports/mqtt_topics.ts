@@ -68,3 +68,12 @@ export const downTopic = {
   /** Refusals of what the device published, with the reason. */
   errors: (id: string): string => `devices/${id}/errors`,
 } as const;
+
+/**
+ * Device → cloud topics the cloud publishes on itself: a gateway's children's presence, set
+ * offline (retained) when the gateway goes.
+ */
+export const upTopic = {
+  /** A device's presence announcement. */
+  presence: (id: string): string => `devices/${id}/presence`,
+} as const;

@@ -224,6 +224,11 @@ export class DeviceSession {
     return this.#served.has(deviceId);
   }
 
+  /** The devices it serves: itself and its attached children. */
+  get servedIds(): string[] {
+    return [...this.#served.keys()];
+  }
+
   /** Starts serving a device on this session: itself, or a gateway's child. */
   async attach(device: DeviceRecord): Promise<void> {
     if (this.#closed || this.#served.has(device.id)) return;
@@ -291,6 +296,19 @@ export class DeviceSession {
   kick(reason: string): void {
     this.#downlink.kick(reason);
     this.close(reason).catch((error) => this.#log(this.deviceId, `Close failed: ${error}`));
+  }
+
+  /**
+   * Stops serving without telling the twins: the connection lives on elsewhere (at an external
+   * broker), so the session is left to its lease, which a process that takes it over (by its id)
+   * renews, and which otherwise runs out.
+   */
+  abandon(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#hub.forget(this);
+    for (const served of this.#served.values()) served.unsubscribe();
+    this.#served.clear();
   }
 
   /** Ends the session: every served twin learns it is closed, with `reason`. */
