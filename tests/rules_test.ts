@@ -6,7 +6,7 @@
  * @module
  */
 import { seededRandom } from "../src/simulator/physics.ts";
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { type TestApp, testApp } from "./helpers.ts";
 import { ManualClock } from "../src/clock.ts";
 import { anomaly, defineTwin, noData, rateOfChange, type Rule, threshold, z } from "../src/mod.ts";
@@ -360,6 +360,37 @@ Deno.test("anomaly: steady noisy data raises nothing, a spike raises, a return t
   } finally {
     await app.dispose();
   }
+});
+
+Deno.test("anomaly: after a perfectly flat spell, a jump raises against the rule's noise floor (minStd), and is not judged without one", async () => {
+  const clock = new ManualClock();
+  const rule = (name: string, minStd?: number) =>
+    anomaly({
+      name,
+      metric: "level",
+      z: 4,
+      warmup: 5,
+      ...(minStd === undefined ? {} : { minStd }),
+      alarm: { severity: "minor" },
+    });
+  const app = await testApp({ clock, kinds: kinds([rule("floored", 0.5), rule("bare")]) });
+  try {
+    for (const id of ["f1", "f2"]) {
+      await app.register({ id, kind: "sensor" });
+      for (let i = 0; i < 30; i++) await reading(app, clock, id, { level: 20 }, 10 * SEC);
+    }
+    // Within the floor's 4 × 0.5: nothing.
+    await reading(app, clock, "f1", { level: 21.5 }, 10 * SEC);
+    assertEquals(await alarmsOf(app, "f1"), []);
+    await reading(app, clock, "f2", { level: 25 }, 10 * SEC);
+    const alarms = await alarmsOf(app, "f2");
+    assertEquals(alarms.map((a) => [a.type, a.state]), [["floored", "active"]]);
+    assertEquals([alarms[0].details.z, alarms[0].details.std], [10, 0.5]);
+  } finally {
+    await app.dispose();
+  }
+  const error = await assertRejects(() => Promise.resolve().then(() => rule("bad", -1)));
+  assertMatch(String(error), /Rule "bad": minStd must be a finite number of 0 or more; got -1\./);
 });
 
 /** A kind whose handler raises a `door` alarm on every reading with the door open. */

@@ -54,6 +54,8 @@ export default defineTwin({
       metric: "temperature",
       z: 4,
       warmup: 30,
+      // The sensor's noise floor: after a steady spell, a jump of 2 °C or more still counts.
+      minStd: 0.5,
       alarm: { severity: "minor", message: "Temperature unlike its recent readings." },
     }),
     noData({

@@ -92,6 +92,12 @@ export interface AnomalyRule extends RuleBase {
   alpha: number;
   /** Readings to learn from before judging. */
   warmup: number;
+  /**
+   * The least standard deviation a reading is judged against, in the metric's units (its noise
+   * floor). With 0, readings after a perfectly flat baseline are never judged (any change would
+   * be infinitely many deviations away).
+   */
+  minStd: number;
 }
 
 /** A rule. */
@@ -180,11 +186,18 @@ export function anomaly(
     clearZ?: number;
     alpha?: number;
     warmup?: number;
+    minStd?: number;
   },
 ): AnomalyRule {
   const z = spec.z ?? 3;
   const alpha = spec.alpha ?? 0.1;
+  const minStd = spec.minStd ?? 0;
   if (!(alpha > 0 && alpha <= 1)) throw new Error(`Rule "${spec.name}": alpha must be in (0, 1].`);
+  if (!(minStd >= 0 && Number.isFinite(minStd))) {
+    throw new Error(
+      `Rule "${spec.name}": minStd must be a finite number of 0 or more; got ${spec.minStd}.`,
+    );
+  }
   return {
     ...common(spec),
     rule: "anomaly",
@@ -193,6 +206,7 @@ export function anomaly(
     clearZ: spec.clearZ ?? z / 2,
     alpha,
     warmup: spec.warmup ?? 20,
+    minStd,
   };
 }
 
@@ -311,7 +325,7 @@ function evalAnomaly(rule: AnomalyRule, state: RuleState, value: number): Firing
   const n = state.n ?? 0;
   const mean = state.mean ?? value;
   const variance = state.variance ?? 0;
-  const std = Math.sqrt(variance);
+  const std = Math.max(Math.sqrt(variance), rule.minStd);
   const z = n >= rule.warmup && std > 0 ? Math.abs(value - mean) / std : 0;
   // Learn from every reading (West's EWMA of mean and variance), so the baseline can drift.
   const diff = value - mean;
