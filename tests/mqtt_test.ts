@@ -497,6 +497,32 @@ Deno.test("mqtt gateway: telemetry, commands and presence for its child", async 
   });
 });
 
+Deno.test("mqtt presence: a device's own announcements (as bridge mode needs) are checked and left, as its connection is its presence", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "self1" });
+    const c = await f.mqtt(d);
+    await waitConnection(f, "self1", "online");
+    await c.client.subscribeAsync("devices/self1/errors", { qos: 0 });
+    for (const status of ["online", "offline"]) {
+      await c.client.publishAsync("devices/self1/presence", json({ status }), {
+        qos: 1,
+        retain: true,
+      });
+    }
+    await c.client.publishAsync("devices/self1/presence", json({ status: "asleep" }), { qos: 1 });
+    // The first refusal is the bad one's: the two announcements before it were taken.
+    const refusal = (await c.nth("devices/self1/errors")).body as {
+      topic: string;
+      error: { code: string };
+    };
+    assertEquals([refusal.topic, refusal.error.code], [
+      "devices/self1/presence",
+      "validation_failed",
+    ]);
+    assertEquals((await loadTwin(f.kv, "self1"))?.state.connection.status, "online");
+  });
+});
+
 Deno.test("mqtt gateway: cannot act for a non-child (SUBACK 0x80; publish ends the connection)", async () => {
   await withFixture(async (f) => {
     const gw = await f.register({ id: "gw" });

@@ -376,11 +376,11 @@ export async function createMqttEndpoint(deps: MqttDeps): Promise<MqttEndpoint> 
     await conn.opening;
     const session = conn.session;
     if (topic.op === "presence") {
-      if (target.id === device.id) {
-        throw new DoppelError("bad_request", "presence is for a gateway's children.");
-      }
       const body = parseBody(payload, "The presence message");
       const status = isObject(body) ? body.status : undefined;
+      // A device's own announcement (as bridge mode needs) is checked and then left: here its
+      // connection is its presence, so the same firmware works on either endpoint.
+      if (target.id === device.id && (status === "online" || status === "offline")) return;
       if (status === "online") await session?.attach(target);
       else if (status === "offline") await session?.detach(target.id, "gateway reported");
       else {
