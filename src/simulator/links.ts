@@ -136,9 +136,15 @@ function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
+const ONLINE = JSON.stringify({ status: "online" });
+const OFFLINE = JSON.stringify({ status: "offline" });
+
 /**
  * MQTT: client id = username = device id, password = key; subscribes to its commands and desired
  * changes at QoS 1, and publishes at QoS 1 (a PUBACK is the server's durable acknowledgement).
+ * It announces its presence as bridge mode needs (retained online once subscribed, a retained
+ * offline will, and a retained offline before a clean disconnect), which the embedded endpoint
+ * checks and ignores.
  */
 export class MqttLink implements Link {
   readonly #target: LinkTarget;
@@ -173,6 +179,7 @@ export class MqttLink implements Link {
       reconnectPeriod: 2_000,
       resubscribe: false,
       queueQoSZero: false,
+      will: { topic: `devices/${id}/presence`, payload: OFFLINE, qos: 1, retain: true },
     });
     this.#client = client;
     const base = `devices/${id}/`;
@@ -185,6 +192,7 @@ export class MqttLink implements Link {
         if (granted.some((g) => g.qos === 0x80)) {
           handlers.error(new LinkError("mqtt subscription refused"));
         }
+        await client.publishAsync(`${base}presence`, ONLINE, { qos: 1, retain: true });
         this.#ready = true;
         handlers.connected();
       } catch (error) {
@@ -255,6 +263,17 @@ export class MqttLink implements Link {
     if (!client) return;
     this.#failPending(new LinkError("closed"));
     if (client.connected) {
+      // A clean disconnect sends no will: the offline announcement goes first.
+      await withTimeout(
+        client.publishAsync(`devices/${this.#target.id}/presence`, OFFLINE, {
+          qos: 1,
+          retain: true,
+        }),
+        3_000,
+        "MQTT offline announcement",
+      ).catch((error) =>
+        this.#handlers?.error(new LinkError("mqtt offline announcement failed", String(error)))
+      );
       await withTimeout(client.endAsync(), 3_000, "MQTT disconnect").catch(() =>
         client.endAsync(true)
       );
