@@ -197,7 +197,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     const response = errorResponse(error);
     if (
       error instanceof DoppelError && error.code === "unauthorized" &&
-      c.req.path.startsWith("/api/")
+      (c.req.path.startsWith("/api/") || c.req.path === "/metrics")
     ) {
       response.headers.set("www-authenticate", 'Bearer realm="doppel"');
     }
@@ -226,6 +226,10 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   });
   app.get("/api/v1/stream", async (c) => {
     await requireOperator(c, admin, services.logins);
+    const device = c.req.query("device");
+    if (device && !(await registry.exists(device))) {
+      throw new DoppelError("not_found", `Device ${device} is not registered.`);
+    }
     return serveStream(c, services);
   });
   const mqtt = deps.mqtt
@@ -239,6 +243,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
         throw new DoppelError(
           "bad_request",
           "GET /mqtt expects a WebSocket upgrade (MQTT over WebSocket).",
+          { fields: [{ field: "Upgrade", message: "must be websocket" }] },
         );
       }
       const offered = c.req.header("sec-websocket-protocol")?.split(",").map((p) => p.trim());

@@ -330,6 +330,19 @@ Deno.test("commands: Idempotency-Key returns the same command, not a second one"
     const c = await createCommand(t, "c1", { name: "reboot", payload: {} }, headers);
     assertEquals(c.id, a.id);
     assertEquals((await poll(t, d)).map((x) => x.id), [a.id]);
+    const answered = await t.dev(d, "POST", `/device/v1/commands/${a.id}/result`, {
+      status: "succeeded",
+    });
+    assertEquals(answered.status, 200);
+    // A repeat after it finished is the same command, with its result: 202 as for any command
+    // (200 means "finished within ?wait=", as it is then at once).
+    const repeat = await createCommand(t, "c1", { name: "reboot", payload: {} }, headers);
+    assertEquals([repeat.id, repeat.status], [a.id, "succeeded"]);
+    const waited = await t.op("POST", "/api/v1/devices/c1/commands?wait=5", {
+      name: "reboot",
+      payload: {},
+    }, headers);
+    assertEquals([waited.status, (await waited.json()).status], [200, "succeeded"]);
   } finally {
     await t.dispose();
   }

@@ -254,6 +254,29 @@ test("telemetry and patches nested deeper than 32 levels are refused with 400, w
   await json(await t.dev(d, "POST", "/device/v1/telemetry", nest(31)), 202);
 });
 
+test("every 400 names what was wrong: a missing body, the body as a whole, a missing WebSocket upgrade, a gateway's ?device= on /ws", async (t) => {
+  const d = await t.register({ id: "n1" });
+  const noBody = await t.dev(d, "POST", "/device/v1/telemetry", undefined);
+  assertEquals(fields(await expectError(noBody, 400, "bad_request")), ["(body)"]);
+  const opNoBody = await t.op("POST", "/api/v1/devices", undefined);
+  assertEquals(fields(await expectError(opNoBody, 400, "bad_request")), ["(body)"]);
+  // A document that is wrong as a whole (no field at fault) is named `(body)`, not "".
+  const emptyUpdate = await t.op("PATCH", "/api/v1/devices/n1", {});
+  assertEquals(fields(await expectError(emptyUpdate, 400, "validation_failed")), ["(body)"]);
+  const plainGet = await t.dev(d, "GET", "/device/v1/ws", undefined);
+  assertEquals(fields(await expectError(plainGet, 400, "bad_request")), ["Upgrade"]);
+  const gw = await t.register({ id: "gw9" });
+  await t.register({ id: "kid9", parent: "gw9" });
+  const viaGateway = await t.dev(
+    gw,
+    "GET",
+    "/device/v1/ws?device=kid9",
+    undefined,
+    { upgrade: "websocket" },
+  );
+  assertEquals(fields(await expectError(viaGateway, 400, "bad_request")), ["device"]);
+});
+
 test("telemetry: a batch with one bad item is refused whole with details naming items[i].field", async (t) => {
   const d = await t.register({ id: "d1" });
   await json(await t.dev(d, "POST", "/device/v1/telemetry", { temperature: 19 }), 202);

@@ -122,7 +122,10 @@ Deno.test("/metrics is the Prometheus text format and counts what happened", asy
 Deno.test("/metrics needs the operator token (or the metrics token)", async () => {
   const t = await testApp();
   try {
-    assertEquals((await t.app.request("/metrics")).status, 401);
+    const none = await t.app.request("/metrics");
+    assertEquals(none.status, 401);
+    // The challenge names the scheme that works: a bearer token, not a password.
+    assertEquals(none.headers.get("www-authenticate"), 'Bearer realm="doppel"');
     const wrong = await t.app.request("/metrics", { headers: { authorization: "Bearer nope" } });
     assertEquals(wrong.status, 401);
     assertEquals((await wrong.json()).error.code, "unauthorized");

@@ -84,6 +84,13 @@ test("an unknown operator route is 404 in the error shape", async (t) => {
 // ---------------------------------------------------------------------------------------------
 // Operator auth
 
+test("the live stream of an unregistered device (or of `*`) is 404, not a stream that stays silent", async (t) => {
+  for (const device of ["ghost", "*"]) {
+    const res = await t.op("GET", `/api/v1/stream?device=${encodeURIComponent(device)}`);
+    await expectError(res, 404, "not_found");
+  }
+});
+
 test("every operator route refuses a missing, wrong or non-bearer token with 401, writing nothing", async (t) => {
   const d = await t.register({ id: "d1", tags: { site: "a" } });
   const routes: Array<[string, string, unknown?]> = [
@@ -647,6 +654,11 @@ test("GET /twins/{id} returns the twin document with ETag of its version", async
   assertEquals(res2.headers.get("etag"), '"2"');
   const cached = await t.op("GET", "/api/v1/twins/d1", undefined, { "if-none-match": '"2"' });
   assertEquals(cached.status, 304);
+  // As for If-Match: weak, bare or in a list, the same ETag.
+  for (const tag of ['W/"2"', "2", '"1", "2"', "*"]) {
+    const res = await t.op("GET", "/api/v1/twins/d1", undefined, { "if-none-match": tag });
+    assertEquals(res.status, 304, tag);
+  }
   await cached.body?.cancel();
   const stale = await t.op("GET", "/api/v1/twins/d1", undefined, { "if-none-match": '"1"' });
   assertEquals((await json(stale, 200)).version, 2);

@@ -25,12 +25,20 @@ const DELETION_GRACE_MS = 10 * 60_000;
 
 /** Device ids: safe in URLs and MQTT topics. */
 export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const DEVICE_ID_RULE = "must be 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit";
+
+/** A device id, as requests give it. */
+export const DeviceId = z.string().regex(DEVICE_ID, DEVICE_ID_RULE);
+
+/** A tag's name. */
+export const TagName = z.string().regex(
+  /^[A-Za-z0-9_.-]{1,64}$/,
+  "tag names are 1-64 of A-Z a-z 0-9 _ . -",
+);
 
 /** Tags: a few short string labels. */
-export const TagsSchema = z.record(
-  z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "tag names are 1-64 of A-Z a-z 0-9 _ . -"),
-  z.string().max(256),
-).refine((tags) => Object.keys(tags).length <= 32, "at most 32 tags");
+export const TagsSchema = z.record(TagName, z.string().max(256))
+  .refine((tags) => Object.keys(tags).length <= 32, "at most 32 tags");
 
 /** A device key as stored: sealed under the server secret. */
 export interface StoredKey {
@@ -148,7 +156,7 @@ export class Registry {
     if (!DEVICE_ID.test(id)) {
       throw validationError("Device id is invalid:", [{
         field: "id",
-        message: "must be 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit",
+        message: DEVICE_ID_RULE,
       }]);
     }
     if (!this.#kinds.has(input.kind)) {

@@ -777,7 +777,10 @@ class Turn {
       const result = kind.telemetry.safeParse(values);
       if (!result.success) {
         for (const issue of zodIssues(result.error)) {
-          (issues ??= []).push({ field: fieldAt(prefix, issue.field), message: issue.message });
+          (issues ??= []).push({
+            field: fieldAt(prefix, issue.field) || "(body)",
+            message: issue.message,
+          });
         }
       }
       if (issues === undefined && result.success) {
@@ -943,7 +946,11 @@ class Turn {
     }
     const checked = schema.safeParse(next);
     if (!checked.success) {
-      throw validationError(`The ${part} patch is invalid:`, zodIssues(checked.error));
+      const issues = zodIssues(checked.error).map((issue) => ({
+        field: issue.field || "(body)",
+        message: issue.message,
+      }));
+      throw validationError(`The ${part} patch is invalid:`, issues);
     }
     if (JSON.stringify(next) === JSON.stringify(state[part])) return null;
     const version = state.version + 1;

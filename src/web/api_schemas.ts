@@ -61,8 +61,9 @@ export const Connection = z.object({
   since: Time.nullable().describe("when the status last changed"),
   lastSeenAt: Time.nullable().describe("the last time the device was heard from"),
   reason: z.string().optional().describe(
-    "why the status last changed: connect, disconnect, keepalive, connection lost, inactivity, " +
-      "lease expired, disabled",
+    "why the status last changed: connect, request (an HTTP-only device), disconnect, " +
+      "keepalive, connection lost, inactivity, lease expired, gateway reported, server shutdown, " +
+      "disabled, deleted, key revoked",
   ),
 });
 
@@ -81,7 +82,9 @@ export const ErrorCode = z.enum(
 
 /** One field that failed validation. */
 export const FieldIssue = z.object({
-  field: z.string().describe("where, such as `items[2].temperature`; empty for the root"),
+  field: z.string().describe(
+    "where, such as `items[2].temperature`; `(body)` for the body as a whole, a header's name for a header",
+  ),
   message: z.string(),
 });
 

@@ -85,13 +85,18 @@ export function deviceApi(s: Services): Hono<Env> {
 
   api.get("/ws", (c) => {
     if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-      throw new DoppelError("bad_request", "GET /device/v1/ws expects a WebSocket upgrade.");
+      throw new DoppelError("bad_request", "GET /device/v1/ws expects a WebSocket upgrade.", {
+        fields: [{ field: "Upgrade", message: "must be websocket" }],
+      });
     }
     const { device, target } = c.get("caller");
     if (target.id !== device.id) {
       throw new DoppelError(
         "bad_request",
         "A WebSocket session belongs to the connecting device; a gateway names children per frame.",
+        {
+          fields: [{ field: "device", message: "is not accepted here; name the child per frame" }],
+        },
       );
     }
     const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { idleTimeout: 60 });

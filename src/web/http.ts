@@ -5,7 +5,7 @@
  */
 import type { Context } from "hono";
 import type { z } from "zod";
-import { DoppelError, rethrowCursorError, validationError } from "../errors.ts";
+import { bodyError, DoppelError, rethrowCursorError, validationError } from "../errors.ts";
 import { parseJsonDocument } from "../twin/json.ts";
 import { zodIssues } from "../twin/turn.ts";
 
@@ -39,7 +39,11 @@ export async function readJsonRequest(
     );
   }
   if (!request.body) {
-    throw new DoppelError("bad_request", "The request has no body; send a JSON document.");
+    throw bodyError(
+      "bad_request",
+      "The request has no body; send a JSON document.",
+      "must be a JSON document",
+    );
   }
   return parseJsonDocument(await readBody(request, limit), "The body");
 }
@@ -65,10 +69,14 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);
   const body = request.body;
-  if (!body) throw new DoppelError("bad_request", "The request has no body.");
+  if (!body) throw bodyError("bad_request", "The request has no body.", "is missing");
   if (body.locked) {
     // Read already (a form's CSRF field was taken from it): what it holds is not for this route.
-    throw new DoppelError("bad_request", "The request's body was read as a form; send JSON.");
+    throw bodyError(
+      "bad_request",
+      "The request's body was read as a form; send JSON.",
+      "must be a JSON document, not a form",
+    );
   }
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -103,7 +111,14 @@ export function parseWith<S extends z.ZodType>(
   what: string,
 ): z.output<S> {
   const result = schema.safeParse(value);
-  if (!result.success) throw validationError(`${what} is invalid:`, zodIssues(result.error));
+  if (!result.success) {
+    // An issue with the document as a whole is named `(body)`, as everywhere else.
+    const issues = zodIssues(result.error).map((issue) => ({
+      field: issue.field || "(body)",
+      message: issue.message,
+    }));
+    throw validationError(`${what} is invalid:`, issues);
+  }
   return result.data;
 }
 

@@ -685,13 +685,13 @@ function operations(): Op[] {
       params: [{
         name: "device",
         in: "query",
-        description: "one device's changes; omit for the fleet's",
+        description: "one device's changes (404 if it is not registered); omit for the fleet's",
         schema: str,
       }],
       responses: {
         200: { description: "The event stream.", type: "text/event-stream" },
       },
-      errors: [401, 403],
+      errors: [401, 404],
     },
     // ----- device API
     {

@@ -95,7 +95,9 @@ export function operatorApi(s: Services): Hono {
       throw new DoppelError("not_found", `Device ${c.req.param("id")} is not registered.`);
     }
     const etag = `"${stored.state.version}"`;
-    if (c.req.header("if-none-match") === etag) return c.body(null, 304, { etag });
+    if (noneMatch(c.req.header("if-none-match"), stored.state.version)) {
+      return c.body(null, 304, { etag });
+    }
     c.header("etag", etag);
     return c.json(publicTwin(stored.state));
   });
@@ -138,7 +140,9 @@ export function operatorApi(s: Services): Hono {
     const current = TERMINAL_STATUSES.has(command.status)
       ? command
       : (await s.runtime.getCommand(id, command.id)) ?? command;
-    return c.json(current, TERMINAL_STATUSES.has(current.status) ? 200 : 202);
+    // 200 says "finished within the wait"; without one, the answer is 202 as for any command,
+    // even a repeat (same Idempotency-Key) of one that has finished.
+    return c.json(current, wait > 0 && TERMINAL_STATUSES.has(current.status) ? 200 : 202);
   });
 
   api.get("/devices/:id/commands", async (c) => {
@@ -268,6 +272,18 @@ async function requireDevice(s: Services, id: string): Promise<void> {
   if (!(await s.registry.exists(id))) {
     throw new DoppelError("not_found", `Device ${id} is not registered.`);
   }
+}
+
+/**
+ * Whether `If-None-Match` names `version`: a list of ETags (`"7"`, `W/"7"` or `7` each, as
+ * `If-Match` takes them) or `*`.
+ */
+function noneMatch(header: string | undefined, version: number): boolean {
+  if (header === undefined) return false;
+  return header.split(",").some((tag) => {
+    const trimmed = tag.trim();
+    return trimmed === "*" || /^(?:W\/)?"?(\d{1,15})"?$/.exec(trimmed)?.[1] === String(version);
+  });
 }
 
 /** `If-Match: "7"` (or `W/"7"`, or `7`) → 7; `*` or absent → undefined. */

@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import { COMMAND_LIMITS } from "../commands/model.ts";
-import { TagsSchema } from "../registry/devices.ts";
+import { DeviceId, TagName, TagsSchema } from "../registry/devices.ts";
 import type { Json } from "../twin/json.ts";
 
 /** JSON values. */
@@ -13,19 +13,20 @@ export const JsonValue: z.ZodType<Json> = z.json() as z.ZodType<Json>;
 
 /** `POST /api/v1/devices`. */
 export const RegisterDevice = z.strictObject({
-  id: z.string().optional(),
+  id: DeviceId.optional(),
   kind: z.string().min(1),
   tags: TagsSchema.optional(),
-  parent: z.string().nullable().optional(),
+  parent: DeviceId.nullable().optional(),
 });
 
-/** `PATCH /api/v1/devices/{id}`: tags are a merge patch. */
+/** `PATCH /api/v1/devices/{id}`: tags are a merge patch (a null removes one). */
 export const UpdateDevice = z.strictObject({
-  tags: z.record(z.string(), z.string().max(256).nullable()).optional(),
+  tags: z.record(TagName, z.string().max(256).nullable()).optional()
+    .describe("a merge patch: at most 32 tags once applied"),
   enabled: z.boolean().optional(),
 }).refine((body) => body.tags !== undefined || body.enabled !== undefined, {
   message: "give tags or enabled",
-});
+}).describe("give tags, enabled or both");
 
 /** `POST /api/v1/devices/{id}/commands`. */
 export const CreateCommand = z.strictObject({
