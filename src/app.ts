@@ -23,10 +23,10 @@ import { DoppelMetrics } from "./metrics/doppel.ts";
 import { timingSafeEqual } from "./registry/secrets.ts";
 import type { TwinMessage } from "./twin/turn.ts";
 import { requireOperator } from "./web/auth.ts";
-import { dashboardRoutes } from "./web/dashboard/routes.tsx";
+import { CONTENT_SECURITY_POLICY, dashboardRoutes } from "./web/dashboard/routes.tsx";
 import { Sessions } from "./web/session.ts";
 import { serveStream } from "./web/stream.ts";
-import { docsHtml, openApiDocument } from "./web/openapi.ts";
+import { DOCS_CSP, docsHtml, openApiDocument } from "./web/openapi.ts";
 import { errorResponse } from "./web/http.ts";
 import { operatorApi } from "./web/operator_api.ts";
 import { commandWaiter, type Services } from "./web/services.ts";
@@ -51,6 +51,11 @@ export interface AppDeps {
   mqtt?: boolean;
   /** A token that may read `/metrics` besides the operator token. */
   metricsToken?: string;
+  /**
+   * Trust a reverse proxy's `X-Forwarded-Proto`, `-Host` and `-For` for the dashboard's origin
+   * check, its cookies' `Secure` flag and the sign-in limiter (default false).
+   */
+  trustProxy?: boolean;
   /** Web push: VAPID keys (generated and kept in KV when absent), alarm severities pushed. */
   push?: { vapid?: Partial<Vapid>; severities?: Severity[]; fetch?: typeof fetch };
   /** Runtime tuning (activation bound, idle timeout, batching). */
@@ -175,7 +180,7 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   const services: Services = {
     kv,
     clock,
-    logins: new Sessions(kv, () => admin.tokenHash),
+    logins: new Sessions(kv, () => admin.tokenHash, deps.trustProxy ?? false),
     metrics,
     streams,
     registry,
@@ -190,6 +195,19 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
   };
 
   const app = new Hono();
+  // Every answer, API and pages alike: not sniffed, not framed, no referrer to elsewhere; pages
+  // set their own Content-Security-Policy, anything else gets the dashboard's.
+  app.use("*", async (c, next) => {
+    await next();
+    if (c.res.status === 101) return; // A WebSocket upgrade: its headers are sent already.
+    const headers = c.res.headers;
+    headers.set("x-content-type-options", "nosniff");
+    headers.set("x-frame-options", "DENY");
+    headers.set("referrer-policy", "same-origin");
+    if (!headers.has("content-security-policy")) {
+      headers.set("content-security-policy", CONTENT_SECURITY_POLICY);
+    }
+  });
   app.onError((error, c) => {
     if (!(error instanceof DoppelError)) {
       logger.log("error", "http", `${c.req.method} ${c.req.path} failed: ${error.stack ?? error}`);
@@ -254,7 +272,10 @@ export async function createApp(deps: AppDeps): Promise<Doppel> {
     });
   }
   app.get("/api/v1/openapi.json", (c) => c.json(openApiDocument({ routes: app.routes })));
-  app.get("/docs", (c) => c.html(docsHtml({ routes: app.routes })));
+  app.get("/docs", (c) => {
+    c.header("content-security-policy", DOCS_CSP);
+    return c.html(docsHtml({ routes: app.routes }));
+  });
   app.route("/api/v1", operatorApi(services));
   app.route("/device/v1", deviceApi(services));
   app.route("/", dashboardRoutes(services));

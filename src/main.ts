@@ -138,6 +138,7 @@ async function main(): Promise<void> {
     logger,
     mqtt: true,
     metricsToken: Deno.env.get("DOPPEL_METRICS_TOKEN") || undefined,
+    trustProxy: flagSetting("DOPPEL_TRUST_PROXY", Deno.env.get("DOPPEL_TRUST_PROXY")),
     runtime: { httpTimeoutMs: httpPresenceTimeout(Deno.env.get("DOPPEL_HTTP_PRESENCE_TIMEOUT")) },
     push: {
       vapid: {
@@ -231,6 +232,13 @@ async function main(): Promise<void> {
 }
 
 /** MQTT_BRIDGE_CONNECTIONS: a whole number of connections, 1 or more (default 4). */
+/** A setting that is `1` (on) or `0`, empty or unset (off); anything else stops start-up. */
+function flagSetting(name: string, text: string | undefined): boolean {
+  if (text === undefined || text === "" || text === "0") return false;
+  if (text === "1") return true;
+  throw new Error(`${name} ${JSON.stringify(text)} must be 1 (on) or 0 (off).`);
+}
+
 function bridgeConnections(text: string | undefined): number {
   if (!text) return 4;
   const n = Number(text);

@@ -1259,3 +1259,94 @@ Deno.test("sign-in: a dashboard session ends when the operator token is replaced
     kv.close();
   }
 });
+
+/** An app as `DOPPEL_TRUST_PROXY` sets it up, for `fn`. */
+async function withProxyApp(
+  trustProxy: boolean,
+  fn: (app: Awaited<ReturnType<typeof createApp>>) => Promise<void>,
+): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  const app = await createApp({
+    kv,
+    clock: { now: () => Date.now() },
+    kinds: KINDS,
+    secret: "test-secret-0123456789abcdef",
+    adminToken: ADMIN_TOKEN,
+    logger: silentLogger,
+    trustProxy,
+  });
+  try {
+    await fn(app);
+  } finally {
+    await app.close();
+    kv.close();
+  }
+}
+
+/** Signs in through `/login` with `headers` on both requests; returns the POST's answer. */
+async function signIn(
+  app: Awaited<ReturnType<typeof createApp>>,
+  headers: Record<string, string>,
+  token = ADMIN_TOKEN,
+): Promise<{ form: Response; answer: Response }> {
+  const form = await app.app.request("/login", { headers });
+  const csrf = /name="_csrf" value="([^"]+)"/.exec(await form.text())?.[1];
+  const cookie = form.headers.get("set-cookie")?.split(";")[0];
+  assert(csrf && cookie);
+  const answer = await app.app.request("/login", {
+    method: "POST",
+    headers: { ...headers, cookie, "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ _csrf: csrf, token }).toString(),
+  });
+  await answer.body?.cancel();
+  return { form, answer };
+}
+
+const BEHIND_TLS_PROXY = {
+  "x-forwarded-proto": "https",
+  "x-forwarded-host": "doppel.example.com",
+  "x-forwarded-for": "203.0.113.7",
+  origin: "https://doppel.example.com",
+};
+
+Deno.test("sign-in behind a TLS proxy: trusted (DOPPEL_TRUST_PROXY=1), the origin check passes and cookies are Secure; not trusted, its headers count for nothing", async () => {
+  await withProxyApp(true, async (app) => {
+    const { form, answer } = await signIn(app, BEHIND_TLS_PROXY);
+    assertMatch(form.headers.get("set-cookie") ?? "", /; Secure/);
+    assertEquals(answer.status, 303);
+    const session = answer.headers.getSetCookie().find((c) => c.startsWith("doppel_session="));
+    assertMatch(session ?? "", /; Secure/);
+  });
+  await withProxyApp(false, async (app) => {
+    const { form, answer } = await signIn(app, BEHIND_TLS_PROXY);
+    assert(!/Secure/.test(form.headers.get("set-cookie") ?? ""), "no Secure over plain HTTP");
+    assertEquals(answer.status, 403, "the forwarded origin is not believed");
+  });
+});
+
+Deno.test("sign-in behind a trusted proxy: the failure limit is per forwarded client address, so one client cannot lock every operator out", async () => {
+  await withProxyApp(true, async (app) => {
+    for (let i = 0; i < 10; i++) {
+      assertEquals((await signIn(app, BEHIND_TLS_PROXY, "wrong-token")).answer.status, 401);
+    }
+    assertEquals((await signIn(app, BEHIND_TLS_PROXY)).answer.status, 429);
+    const other = { ...BEHIND_TLS_PROXY, "x-forwarded-for": "198.51.100.1, 203.0.113.8" };
+    assertEquals((await signIn(app, other)).answer.status, 303);
+  });
+});
+
+test("every answer is nosniff and unframeable; /docs allows only its own style; pages are not cached", async (t) => {
+  const docs = await t.app.request("/docs");
+  await docs.body?.cancel();
+  const csp = docs.headers.get("content-security-policy") ?? "";
+  assertMatch(csp, /^default-src 'none'; style-src 'sha256-[A-Za-z0-9+/]+=*'/);
+  const api = await t.op("GET", "/api/v1/devices");
+  await api.body?.cancel();
+  for (const res of [docs, api]) {
+    assertEquals(res.headers.get("x-content-type-options"), "nosniff");
+    assertEquals(res.headers.get("x-frame-options"), "DENY");
+  }
+  const login = await t.app.request("/login");
+  await login.body?.cancel();
+  assertEquals(login.headers.get("cache-control"), "no-store");
+});

@@ -21,7 +21,7 @@ export async function requireOperator(
   const header = c.req.header("authorization");
   if (header === undefined && sessions) {
     const found = await sessions.fromRequest(c);
-    if (found) return await checkCsrf(c, found.session);
+    if (found) return await checkCsrf(c, found.session, sessions.trustProxy);
   }
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
   if (!match) {

@@ -17,6 +17,7 @@ import { PushSubscriptionBody } from "./alarms_api.ts";
 import * as R from "./api_schemas.ts";
 import { CommandResult, CreateCommand, RegisterDevice, UpdateDevice } from "./schemas.ts";
 import { SESSION_COOKIE } from "./session.ts";
+import { createHash } from "node:crypto";
 
 /** A route as Hono lists it in `app.routes`. */
 export interface RouteInfo {
@@ -1287,13 +1288,8 @@ export function openApiDocument(options: OpenApiOptions = {}): Record<string, un
 // ---------------------------------------------------------------------------------------------
 // The reference page
 
-const METHOD_COLORS: Record<string, string> = {
-  get: "#1f6feb",
-  post: "#1a7f37",
-  patch: "#9a6700",
-  put: "#8250df",
-  delete: "#cf222e",
-};
+/** Methods with a colour of their own (`.m-get` … in the page's style); others are grey. */
+const COLORED_METHODS = new Set(["get", "post", "patch", "put", "delete"]);
 
 function esc(text: unknown): string {
   return String(text)
@@ -1369,7 +1365,8 @@ function renderOperation(
   schemas: Record<string, unknown>,
 ): string {
   const id = String(op.operationId);
-  const color = METHOD_COLORS[method] ?? "#57606a";
+  // A class, not a style attribute: the page's Content-Security-Policy allows only its <style>.
+  const color = COLORED_METHODS.has(method) ? ` m-${method}` : "";
   const security = op.security as Array<Record<string, unknown>>;
   const auth = security.length === 0
     ? "none"
@@ -1383,7 +1380,7 @@ function renderOperation(
   const parts: string[] = [];
   parts.push(
     `<details class="op" id="op-${esc(id)}"><summary>` +
-      `<span class="method" style="background:${color}">${esc(method.toUpperCase())}</span>` +
+      `<span class="method${color}">${esc(method.toUpperCase())}</span>` +
       `<span class="path">${esc(path)}</span><span class="summary">${prose(op.summary)}</span>` +
       `</summary><div class="body">`,
   );
@@ -1473,7 +1470,8 @@ details.op{border:1px solid var(--line);border-radius:6px;margin:8px 0;backgroun
 details.op>summary{cursor:pointer;padding:8px 10px;display:flex;gap:10px;align-items:baseline;list-style:none}
 details.op>summary::-webkit-details-marker{display:none}
 details.op[open]>summary{border-bottom:1px solid var(--line);background:var(--panel)}
-.method{color:#fff;border-radius:4px;padding:1px 8px;font:600 12px ui-monospace,monospace;min-width:62px;text-align:center}
+.method{color:#fff;background:#57606a;border-radius:4px;padding:1px 8px;font:600 12px ui-monospace,monospace;min-width:62px;text-align:center}
+.m-get{background:#1f6feb}.m-post{background:#1a7f37}.m-patch{background:#9a6700}.m-put{background:#8250df}.m-delete{background:#cf222e}
 .path{font:600 14px ui-monospace,monospace}
 .summary{color:var(--muted)}
 .body{padding:4px 14px 12px}
@@ -1485,6 +1483,18 @@ th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-alig
 th{background:var(--panel)}
 @media (max-width:800px){nav{position:static;width:auto}main{margin-left:0;padding:16px}}
 `;
+
+/**
+ * The `/docs` page's Content-Security-Policy: nothing but its own inline style (by hash), and
+ * links.
+ */
+export const DOCS_CSP = [
+  "default-src 'none'",
+  `style-src 'sha256-${createHash("sha256").update(CSS).digest("base64")}'`,
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");
 
 /** The browsable reference for `/docs`: server-rendered, self-contained, no script. */
 export function docsHtml(options: OpenApiOptions = {}): string {

@@ -10,6 +10,7 @@ import { getCookie } from "hono/cookie";
 import { DoppelError } from "../errors.ts";
 import { randomSecret, sha256, timingSafeEqual } from "../registry/secrets.ts";
 import { BODY_LIMITS, readForm } from "./http.ts";
+import { publicOrigin } from "./origin.ts";
 
 /** The session cookie's name. */
 export const SESSION_COOKIE = "doppel_session";
@@ -30,11 +31,17 @@ export interface Session {
 export class Sessions {
   #kv: Deno.Kv;
   #token: () => string;
+  /** Whether a reverse proxy in front says where browsers are (see `origin.ts`). */
+  readonly trustProxy: boolean;
 
-  /** Keeps sessions in `kv`; `token` is the operator token's hash now. */
-  constructor(kv: Deno.Kv, token: () => string) {
+  /**
+   * Keeps sessions in `kv`; `token` is the operator token's hash now; `trustProxy` trusts a
+   * reverse proxy's forwarding headers.
+   */
+  constructor(kv: Deno.Kv, token: () => string, trustProxy = false) {
     this.#kv = kv;
     this.#token = token;
+    this.trustProxy = trustProxy;
   }
 
   /** Creates a session; returns its id (for the cookie) and the session. */
@@ -80,10 +87,14 @@ const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
  * Checks a cookie-authenticated request: state-changing methods must come from this origin and
  * carry the session's CSRF token (header `X-CSRF-Token`, or form field `_csrf`).
  */
-export async function checkCsrf(c: Context, session: Session): Promise<void> {
+export async function checkCsrf(
+  c: Context,
+  session: Session,
+  trustProxy: boolean,
+): Promise<void> {
   if (!UNSAFE.has(c.req.method)) return;
   const origin = c.req.header("origin");
-  if (origin !== undefined && origin !== new URL(c.req.url).origin) {
+  if (origin !== undefined && origin !== publicOrigin(c, trustProxy)) {
     throw new DoppelError("forbidden", `Requests from origin ${origin} are not allowed.`);
   }
   let token = c.req.header("x-csrf-token");

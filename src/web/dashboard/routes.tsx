@@ -5,9 +5,9 @@
  * session's CSRF token.
  * @module
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import { getConnInfo } from "hono/deno";
+import type { CookieOptions } from "hono/utils/cookie";
 import uplotCss from "uplot/dist/uPlot.min.css" with { type: "text" };
 import uplotJs from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
 import { DoppelError } from "../../errors.ts";
@@ -17,6 +17,7 @@ import { keys } from "../../storage/keys.ts";
 import { loadTwin } from "../../storage/twin_store.ts";
 import { publicTwin } from "../../twin/state.ts";
 import { readForm } from "../http.ts";
+import { clientAddress, isSecure, publicOrigin } from "../origin.ts";
 import type { Services } from "../services.ts";
 import { SESSION_COOKIE, SESSION_MS } from "../session.ts";
 import appCss from "./assets/app.css" with { type: "text" };
@@ -58,14 +59,16 @@ type Env = { Variables: { page: PageContext } };
 export function dashboardRoutes(s: Services): Hono<Env> {
   const ui = new Hono<Env>();
   const failures = new Map<string, { count: number; since: number }>();
+  const trust = s.logins.trustProxy;
   let overviewCache: { at: number; value: Overview } | undefined;
 
   ui.use("*", async (c, next) => {
     await next();
     c.header("content-security-policy", CONTENT_SECURITY_POLICY);
-    c.header("x-content-type-options", "nosniff");
-    c.header("referrer-policy", "same-origin");
-    c.header("x-frame-options", "DENY");
+    // Pages hold the session's CSRF token and device state: no cache keeps them.
+    if (c.res.headers.get("content-type")?.startsWith("text/html")) {
+      c.header("cache-control", "no-store");
+    }
   });
 
   const serve = (path: string, body: string, type: string) =>
@@ -87,19 +90,14 @@ export function dashboardRoutes(s: Services): Hono<Env> {
 
   ui.get("/login", (c) => {
     const csrf = randomSecret(18);
-    setCookie(c, LOGIN_COOKIE, csrf, cookieOptions(c.req.url, 600));
+    setCookie(c, LOGIN_COOKIE, csrf, cookieOptions(c, trust, 600));
     return c.html(<LoginPage csrf={csrf} />);
   });
 
   ui.post("/login", async (c) => {
-    // Counted per client address as the server sees it (a forwarded-for header could be
-    // anything the client likes).
-    let address = "unknown";
-    try {
-      address = getConnInfo(c).remote.address ?? "unknown";
-    } catch {
-      // No connection info (requests made in-process, as tests do).
-    }
+    // Counted per client address: as the server sees it, or as a trusted proxy says (behind
+    // one, every client would otherwise share the proxy's address, and one could lock all out).
+    const address = clientAddress(c, trust);
     const now = Date.now();
     let record = failures.get(address);
     if (!record || now - record.since >= 60_000) record = { count: 0, since: now };
@@ -116,7 +114,7 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     }
     failures.set(address, record);
     const origin = c.req.header("origin");
-    if (origin !== undefined && origin !== new URL(c.req.url).origin) {
+    if (origin !== undefined && origin !== publicOrigin(c, trust)) {
       throw new DoppelError("forbidden", `Sign-in from origin ${origin} is not allowed.`);
     }
     // Read with a cap, before anything else: the route is open to anyone.
@@ -129,13 +127,13 @@ export function dashboardRoutes(s: Services): Hono<Env> {
     const token = form.get("token") ?? "";
     if (!token || token.length > 200 || !(await s.admin.verify(token))) {
       const csrf = randomSecret(18);
-      setCookie(c, LOGIN_COOKIE, csrf, cookieOptions(c.req.url, 600));
+      setCookie(c, LOGIN_COOKIE, csrf, cookieOptions(c, trust, 600));
       return c.html(<LoginPage csrf={csrf} error="That is not the operator token." />, 401);
     }
     failures.delete(address);
     const { id } = await s.logins.create();
     deleteCookie(c, LOGIN_COOKIE, { path: "/" });
-    setCookie(c, SESSION_COOKIE, id, cookieOptions(c.req.url, SESSION_MS / 1000));
+    setCookie(c, SESSION_COOKIE, id, cookieOptions(c, trust, SESSION_MS / 1000));
     s.logger.log("info", "dashboard", "Operator signed in.");
     return c.redirect("/", 303);
   });
@@ -299,12 +297,13 @@ async function overview(s: Services): Promise<Overview> {
   return { byStatus, byKind, alarmsBySeverity, total };
 }
 
-function cookieOptions(url: string, maxAge: number) {
+/** A dashboard cookie's attributes: `Secure` whenever the browser came over TLS. */
+function cookieOptions(c: Context, trust: boolean, maxAge: number): CookieOptions {
   return {
     path: "/",
     httpOnly: true,
     sameSite: "Strict" as const,
-    secure: url.startsWith("https:"),
+    secure: isSecure(c, trust),
     maxAge: Math.floor(maxAge),
   };
 }
