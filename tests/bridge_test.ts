@@ -558,13 +558,19 @@ Deno.test("bridge presence: a gateway's children go offline with its will, also 
     }
     const other = await system.device(await system.register("other2"));
     const g = await system.device(gw, { clean: false, ...presenceWill("gw2", true) });
-    // kid3 is announced before its gateway (as retained announcements may come after a restart),
-    // kid2 after it.
+    // kid3 is announced before its gateway (as retained announcements may come after a restart):
+    // it waits for the gateway. (The bridge handles this connection's messages in order: once
+    // the gateway's reading is in, the announcement before it has been handled.)
     await announceRetained(g, "kid3");
-    await until(async () => (await status(system.op, "kid3")) === "online", "kid3 online");
+    await g.publish("devices/gw2/telemetry", { temperature: 1 });
+    await until(
+      async () => (await system.op.twin("gw2")).telemetry?.last?.temperature === 1,
+      "gw2's reading",
+    );
+    assertEquals(await status(system.op, "kid3"), "never");
     await announceRetained(g, "gw2");
     await announceRetained(g, "kid2");
-    for (const id of ["gw2", "kid2"]) {
+    for (const id of ["gw2", "kid2", "kid3"]) {
       await until(async () => (await status(system.op, id)) === "online", `${id} online`);
     }
     g.client.stream.destroy();
@@ -572,7 +578,7 @@ Deno.test("bridge presence: a gateway's children go offline with its will, also 
       await until(async () => (await status(system.op, id)) === "offline", `${id} offline`);
     }
     assertEquals(await status(system.op, "gw2"), "offline");
-    // kid3 moved onto the gateway's session without going offline in between.
+    // kid3 was online from its gateway's announcement until the gateway's will.
     const events = await system.op.expect(200, "GET", "/api/v1/devices/kid3/events?type=presence");
     assertEquals(
       (events.items as Array<{ type: string }>).map((e) => e.type),
@@ -603,6 +609,36 @@ Deno.test("bridge presence: a gateway's children go offline with its will, also 
       await until(async () => (await status(system.op, id)) === "offline", `${id} offline`);
     }
   });
+});
+
+Deno.test("bridge presence with a shared group: a retained announcement, which every connection of the group gets, opens one session, and a restart does not call the device offline", async () => {
+  await withSystem(async (system) => {
+    const creds = await system.register("grp1");
+    const d = await system.device(creds, { clean: false, ...presenceWill("grp1", true) });
+    await d.client.subscribeAsync("devices/grp1/commands/+", { qos: 1 });
+    await announceRetained(d, "grp1");
+    await until(async () => (await status(system.op, "grp1")) === "online", "grp1 online");
+    await system.restartDoppel(undefined, "SIGTERM");
+    const command = await system.op.expect(202, "POST", "/api/v1/devices/grp1/commands", {
+      name: "reboot",
+      payload: {},
+    });
+    const topic = `devices/grp1/commands/${command.id}`;
+    await d.message((t) => t === topic, "the command");
+    await until(
+      async () => (await commandStatus(system.op, "grp1", command.id)) === "delivered",
+      "the command delivered",
+    );
+    // Once the device's own round trip is through, a second push would be in too.
+    await d.publish("devices/grp1/telemetry", { temperature: 2 });
+    await until(
+      async () => (await system.op.twin("grp1")).telemetry?.last?.temperature === 2,
+      "grp1's reading",
+    );
+    assertEquals(d.messages.filter((m) => m.topic === topic).length, 1, "pushed once");
+    const events = await system.op.expect(200, "GET", "/api/v1/devices/grp1/events?type=presence");
+    assertEquals((events.items as Array<{ type: string }>).map((e) => e.type), ["presence.online"]);
+  }, { group: "doppel", connections: 3 });
 });
 
 Deno.test("bridge: retained uplinks are not applied again on restart; reconcile removes broker clients the registry lost", async () => {

@@ -136,3 +136,32 @@ Deno.test("sessions: a device disabled between its authentication and its sessio
     await app.dispose();
   }
 });
+
+Deno.test("sessions: a renewal that finds the session ended elsewhere (another bridge instance) drops it here and says so", async () => {
+  const app = await testApp();
+  try {
+    const { id } = await app.register({ id: "s3" });
+    const downlink: Downlink = {
+      transport: "bridge",
+      ready: () => true,
+      pushDesired: () => Promise.resolve(true),
+      pushCommand: () => Promise.resolve(true),
+      kick: () => {},
+    };
+    const device = await app.registry.get(id);
+    assert(device);
+    let lapsed = 0;
+    const session = await app.sessions.open(device, downlink, {
+      id: "bridge:s3",
+      onLapsed: () => lapsed++,
+    });
+    assertEquals(app.sessions.counts(), { bridge: 1 });
+    // Another process applies the device's offline announcement: the twin ends the session.
+    await app.runtime.send(id, { type: "session.close", sessionId: "bridge:s3", reason: "x" });
+    session.renew();
+    await until(() => lapsed === 1, "the lapse to be noticed");
+    assertEquals(app.sessions.counts(), {});
+  } finally {
+    await app.dispose();
+  }
+});

@@ -26,7 +26,8 @@ import type { DesiredUpdate } from "../twin/presence.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 import { DynsecSync } from "./dynsec.ts";
 import { downTopic, parseUplinkTopic, upTopic } from "./mqtt_topics.ts";
-import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
+import { BridgePresence } from "./bridge_presence.ts";
+import type { Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, parseBody } from "./uplink.ts";
 
 /** Bridge settings. */
@@ -74,18 +75,6 @@ export interface MqttBridge {
   close(): Promise<void>;
 }
 
-/** What a gateway's children's presence becomes when the gateway goes offline. */
-const OFFLINE = { status: "offline" };
-
-/**
- * The id of a device's bridge session: the same in every process, so a bridge started after
- * another's end takes over its sessions, and an offline announcement ends the one an earlier
- * process opened.
- */
-function bridgeSessionId(deviceId: string): string {
-  return `bridge:${deviceId}`;
-}
-
 const UPLINK_TOPICS = [
   "devices/+/telemetry",
   "devices/+/twin/reported",
@@ -101,7 +90,6 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   const prefix = options.clientId ?? "doppel-bridge";
   // Unshared, several connections would each get every message: one then.
   const count = group ? Math.max(1, options.connections ?? 4) : 1;
-  const sessions = new Map<string, DeviceSession>();
   const log = (level: "info" | "warn" | "error", message: string, fields = {}) =>
     logger.log(level, "bridge", message, fields);
 
@@ -161,11 +149,12 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     ),
   ).then(() => {});
 
+  /** Publishes `body` as JSON (a string as it is); `false` if no connection took it. */
   function publish(topic: string, body: unknown, qos: 0 | 1, retain = false): Promise<boolean> {
     const client = clients.find((c) => c.connected);
     if (!client) return Promise.resolve(false);
-    return client.publishAsync(topic, JSON.stringify(body), { qos, retain })
-      .then(() => true, () => false);
+    const payload = typeof body === "string" ? body : JSON.stringify(body);
+    return client.publishAsync(topic, payload, { qos, retain }).then(() => true, () => false);
   }
 
   const downlink: Downlink = {
@@ -181,6 +170,15 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       }, 1),
     kick: () => {}, // The broker owns the connection; dynsec disables the client.
   };
+
+  const announcements = new BridgePresence({
+    runtime: deps.runtime,
+    registry: deps.registry,
+    sessions: deps.sessions,
+    downlink,
+    leaseMs: deps.sessions.deps.leaseMs,
+    now: () => Date.now(),
+  });
 
   async function handle(packet: IPublishPacket): Promise<void> {
     const topic = parseUplinkTopic(packet.topic);
@@ -223,67 +221,19 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
   }
 
   async function presence(device: DeviceRecord, payload: Uint8Array): Promise<void> {
+    // An empty retained message clears the announcement at the broker (as Doppel does for a
+    // deleted device): nothing to apply.
+    if (payload.length === 0) return;
     const body = parseBody(payload, "The presence message");
     const status = isObject(body) ? body.status : undefined;
-    if (status === "online") return await online(device);
-    if (status === "offline") return await offline(device);
-    throw new DoppelError(
-      "validation_failed",
-      'A presence message is {"status": "online" | "offline"}.',
-      {
-        fields: [{ field: "status", message: 'must be "online" or "offline"' }],
-      },
-    );
-  }
-
-  /**
-   * A device announced itself, or its gateway announced it. A child whose gateway is online is
-   * served through the gateway's session, so it goes offline with the gateway (whose will speaks
-   * only for the gateway itself).
-   */
-  async function online(device: DeviceRecord): Promise<void> {
-    if (sessions.has(device.id)) return;
-    const gateway = device.parent === null ? undefined : sessions.get(device.parent);
-    if (gateway) return await gateway.attach(device);
-    const id = bridgeSessionId(device.id);
-    sessions.set(device.id, await deps.sessions.open(device, downlink, { id }));
-  }
-
-  /**
-   * A device announced itself offline, or its will did. Its gateway's session stops serving it;
-   * so do sessions an earlier process opened (before a restart: they have the same ids). A
-   * gateway's children go with it, as its will speaks only for itself: each gets a retained
-   * offline announcement, which ends its session here and keeps an old retained "online" from
-   * bringing it back when a bridge subscribes again.
-   */
-  async function offline(device: DeviceRecord): Promise<void> {
-    const own = sessions.get(device.id);
-    sessions.delete(device.id);
-    await own?.close("disconnect");
-    const gateway = device.parent === null ? undefined : sessions.get(device.parent);
-    const served = gateway?.serves(device.id) ?? false;
-    if (served) await gateway!.detach(device.id, "disconnect");
-    const stale = [
-      ...(own ? [] : [device.id]),
-      ...(device.parent === null || served ? [] : [device.parent]),
-    ];
-    for (const holder of stale) {
-      await deps.runtime.send(device.id, {
-        type: "session.close",
-        sessionId: bridgeSessionId(holder),
-        reason: "disconnect",
-      });
+    if (status !== "online" && status !== "offline") {
+      throw new DoppelError(
+        "validation_failed",
+        'A presence message is {"status": "online" | "offline"}.',
+        { fields: [{ field: "status", message: 'must be "online" or "offline"' }] },
+      );
     }
-    // Not waited for: the broker's acknowledgements come on a connection that reads nothing more
-    // until this message is handled.
-    for (const child of await deps.registry.childIds(device.id)) {
-      publish(upTopic.presence(child), OFFLINE, 1, true).then((sent) => {
-        if (sent) return;
-        log("warn", `The retained offline announcement of ${child} could not be published.`, {
-          deviceId: child,
-        });
-      });
-    }
+    await announcements.announce(device, status);
   }
 
   return {
@@ -293,9 +243,18 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     ready,
     async onRegistry(event) {
       if (event.type === "deleted" || (event.type === "updated" && !event.device.enabled)) {
-        const session = sessions.get(event.device.id);
-        sessions.delete(event.device.id);
-        await session?.close(event.type === "deleted" ? "deleted" : "disabled");
+        await announcements.ended(event.device, event.type === "deleted" ? "deleted" : "disabled");
+      }
+      if (event.type === "deleted") {
+        // Its last announcement must not speak for a device registered later under its id.
+        // Not waited for: the broker's answer may queue behind a message being handled.
+        publish(upTopic.presence(event.device.id), "", 1, true).then((sent) => {
+          if (!sent) {
+            log("warn", `The retained presence of deleted ${event.device.id} was not cleared.`, {
+              deviceId: event.device.id,
+            });
+          }
+        });
       }
       // Waited for (within a bound), so a device disabled or deleted is refused by the broker
       // before the operator hears it is done; a broker that is away catches up on reconcile.
@@ -306,10 +265,7 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       );
     },
     async close() {
-      // The devices stay connected to the broker: their sessions are left to their leases, for
-      // the next process to take over (by their ids) from the retained announcements.
-      for (const session of sessions.values()) session.abandon();
-      sessions.clear();
+      await announcements.close();
       await Promise.all(clients.map((c) => c.endAsync()));
     },
   };

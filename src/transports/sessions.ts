@@ -36,6 +36,19 @@ export interface SessionOptions {
   renewMs?: number;
 }
 
+/** How a session is opened. */
+export interface SessionOpenOptions {
+  /** Its id, when the transport has one (default: a random one). */
+  id?: string;
+  /** The key it authenticated with: it ends once a rotation retires that key. */
+  keyId?: string;
+  /**
+   * Called when the device's twin no longer knows the session (a renewal found it ended by
+   * someone else); the session is then dropped here, without telling the twin again.
+   */
+  onLapsed?(): void;
+}
+
 interface Served {
   device: DeviceRecord;
   unsubscribe: () => void;
@@ -85,15 +98,11 @@ export class SessionHub {
     return counts;
   }
 
-  /**
-   * Opens a session for an authenticated device: with `id` when the transport announced one, and
-   * `keyId` when the session authenticated with one of the device's keys (it ends once a rotation
-   * retires that key).
-   */
+  /** Opens a session for an authenticated device; see {@link SessionOpenOptions}. */
   async open(
     device: DeviceRecord,
     downlink: Downlink,
-    options: { id?: string; keyId?: string } = {},
+    options: SessionOpenOptions = {},
   ): Promise<DeviceSession> {
     const session = new DeviceSession(this, device, downlink, options);
     this.#sessions.add(session);
@@ -198,15 +207,17 @@ export class DeviceSession {
   #downlink: Downlink;
   #served = new Map<string, Served>();
   #closed = false;
+  #onLapsed: (() => void) | undefined;
 
   /** Use {@link SessionHub.open}. */
   constructor(
     hub: SessionHub,
     device: DeviceRecord,
     downlink: Downlink,
-    options: { id?: string; keyId?: string },
+    options: SessionOpenOptions,
   ) {
     this.id = options.id ?? crypto.randomUUID();
+    this.#onLapsed = options.onLapsed;
     this.keyId = options.keyId;
     this.renewAt = performance.now() + hub.renewMs * (0.5 + Math.random() / 2);
     this.#hub = hub;
@@ -288,6 +299,16 @@ export class DeviceSession {
     const { runtime, leaseMs } = this.#hub.deps;
     for (const deviceId of this.#served.keys()) {
       runtime.send(deviceId, { type: "session.renew", sessionId: this.id, leaseMs })
+        .then((answer) => {
+          if ((answer as { renewed: boolean }).renewed || !this.#onLapsed) return;
+          if (deviceId === this.deviceId) {
+            this.abandon();
+            this.#onLapsed();
+          } else {
+            this.#served.get(deviceId)?.unsubscribe();
+            this.#served.delete(deviceId);
+          }
+        })
         .catch((error) => this.#log(deviceId, `Renewing the session lease failed: ${error}`));
     }
   }
