@@ -611,6 +611,26 @@ Deno.test("bridge presence: a gateway's children go offline with its will, also 
   });
 });
 
+Deno.test("bridge presence: a device disabled while online is not brought back by its old retained announcement once enabled again", async () => {
+  await withSystem(async (system) => {
+    const creds = await system.register("dis1");
+    const d = await system.device(creds, { ...presenceWill("dis1", true), reconnectPeriod: 0 });
+    await announceRetained(d, "dis1");
+    await until(async () => (await status(system.op, "dis1")) === "online", "dis1 online");
+    await system.op.expect(200, "PATCH", "/api/v1/devices/dis1", { enabled: false });
+    await d.when(() => !d.client.connected, "the broker ends dis1's connection");
+    await system.op.expect(200, "PATCH", "/api/v1/devices/dis1", { enabled: true });
+    await system.restartDoppel();
+    const other = await system.device(await system.register("other3"));
+    await other.publish("devices/other3/telemetry", { temperature: 3 });
+    await until(
+      async () => (await system.op.twin("other3")).telemetry?.last?.temperature === 3,
+      "other3's reading (the retained announcements are in before it)",
+    );
+    assertEquals(await status(system.op, "dis1"), "offline");
+  });
+});
+
 Deno.test("bridge presence with a shared group: a retained announcement, which every connection of the group gets, opens one session, and a restart does not call the device offline", async () => {
   await withSystem(async (system) => {
     const creds = await system.register("grp1");

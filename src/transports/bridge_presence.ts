@@ -3,16 +3,20 @@
  * announce themselves on `devices/{id}/presence` (`online` on connect, `offline` as their will,
  * both retained), and gateways announce their children. This keeps the sessions those
  * announcements call for:
- * - A device's session has the same id in every process (`bridge:{id}`): a process started after
- *   another's end takes it over, and ends one the other left (until its lease would have).
- * - A child is served only through its gateway's session, so it goes offline with the gateway;
- *   announced while its gateway is not online here, it waits for the gateway.
- * - Announcements of one family (a gateway and its children) are applied one at a time, in order:
- *   they may come on several connections at once (a shared group gives every member each retained
- *   message when it subscribes).
+ * - A device's session has the same id in every process and instance (`bridge:{id}`): a process
+ *   started after another's end takes it over, and any instance can end it. An instance that finds
+ *   at renewal that its session was ended elsewhere drops it.
+ * - A child is served through the session of the gateway it came through, when that session is
+ *   here, so it goes offline with the gateway; when the gateway is online elsewhere, on a session
+ *   of its own; when the gateway is offline, not at all: it waits for the gateway. A gateway going
+ *   offline takes its registered children (and theirs) with it, wherever they are served.
+ * - Announcements of one family (a gateway, its children and theirs) are applied one at a time,
+ *   in order of arrival, however many connections they come on; a retained one that a connection
+ *   gets when it subscribes is dropped if a live one for the device has been applied since.
  * @module
  */
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
+import { loadTwin } from "../storage/twin_store.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 
@@ -24,6 +28,8 @@ export interface BridgePresenceDeps {
   registry: Registry;
   /** Session bookkeeping. */
   sessions: SessionHub;
+  /** The store (to see whether a gateway is online elsewhere). */
+  kv: Deno.Kv;
   /** How the bridge reaches devices. */
   downlink: Downlink;
   /** How long a session outlives its process (the hub's lease, ms; default 90 s). */
@@ -32,23 +38,41 @@ export interface BridgePresenceDeps {
   now(): number;
 }
 
+/** One announcement as it came. */
+export interface Announcement {
+  /** Whom it is about. */
+  device: DeviceRecord;
+  /** What it says. */
+  status: "online" | "offline";
+  /** Whether the broker replayed it (retained) to a subscription made at `subscribedAt`. */
+  retained: boolean;
+  /** When (ms, `now()`) the connection it came on last subscribed. */
+  subscribedAt: number;
+}
+
 /** The id of a device's bridge session, the same in every process. */
 export function bridgeSessionId(deviceId: string): string {
   return `bridge:${deviceId}`;
 }
 
+/** Gateways above gateways: deeper chains are cut here. */
+const MAX_DEPTH = 8;
+
 /** The bridge's sessions, kept as devices announce themselves; see the module doc. */
 export class BridgePresence {
   #deps: BridgePresenceDeps;
-  // Sessions of gateways and of devices without a gateway, by device id.
+  // Sessions held here, by the device they were opened for.
   #sessions = new Map<string, DeviceSession>();
-  // Children announced online while their gateway is not, by gateway id.
+  // Children served on another device's session here: which, and their registered parent.
+  #attached = new Map<string, { session: DeviceSession; parent: string }>();
+  // Children announced online while their gateway was offline, by gateway id.
   #waiting = new Map<string, Map<string, DeviceRecord>>();
-  // Devices whose offline this process has applied: repeats (each resubscription brings the
-  // retained ones again) have nothing left to do.
+  // When a live announcement was last applied, by device (older than every connection's last
+  // subscription, an entry is forgotten).
+  #liveAt = new Map<string, number>();
+  // Devices whose retained offline was applied while sessions of an earlier process may live.
   #gone = new Set<string>();
   #queues = new Map<string, Promise<void>>();
-  // Until then a session an earlier process opened may still be alive (its lease).
   #earlierUntil: number;
   #closed = false;
 
@@ -58,22 +82,40 @@ export class BridgePresence {
     this.#earlierUntil = deps.now() + (deps.leaseMs ?? 90_000);
   }
 
-  /** Applies `device`'s announcement, after any earlier one of its family. */
-  announce(device: DeviceRecord, status: "online" | "offline"): Promise<void> {
-    return this.#inOrder(
-      device.parent ?? device.id,
-      () => status === "online" ? this.#online(device) : this.#offline(device),
-    );
+  /**
+   * Applies an announcement, after any earlier one of its family. After {@link close} it rejects,
+   * so the message is not acknowledged and comes again to the next process.
+   */
+  async announce(a: Announcement): Promise<void> {
+    const family = await this.#ancestors(a.device);
+    await this.#inOrder(family[family.length - 1] ?? a.device.id, async () => {
+      const { device, status } = a;
+      if (a.retained && (this.#liveAt.get(device.id) ?? -Infinity) > a.subscribedAt) return;
+      if (!a.retained) this.#liveAt.set(device.id, this.#deps.now());
+      if (status === "online") await this.#online(device, family);
+      else await this.#offline(device, family, !a.retained);
+    });
+  }
+
+  /**
+   * Told each connection's last subscription time (ms, `now()`) whenever one subscribes: what is
+   * known of live announcements before all of them is of no more use.
+   */
+  subscribed(connections: readonly number[]): void {
+    const oldest = Math.min(...connections);
+    for (const [id, at] of this.#liveAt) if (at < oldest) this.#liveAt.delete(id);
   }
 
   /** `device` was disabled or deleted: its session ends, and it waits for no gateway. */
-  ended(device: DeviceRecord, reason: string): Promise<void> {
-    return this.#inOrder(device.parent ?? device.id, async () => {
+  async ended(device: DeviceRecord, reason: string): Promise<void> {
+    const family = await this.#ancestors(device);
+    await this.#inOrder(family[family.length - 1] ?? device.id, async () => {
       if (device.parent !== null) this.#waiting.get(device.parent)?.delete(device.id);
       this.#waiting.delete(device.id);
-      const own = this.#sessions.get(device.id);
-      this.#sessions.delete(device.id);
-      await own?.close(reason);
+      this.#gone.delete(device.id);
+      this.#liveAt.delete(device.id);
+      await this.#endHere(device.id, reason);
+      await this.#childrenGo(device.id, 1); // A disabled gateway's children lose it.
     });
   }
 
@@ -86,72 +128,142 @@ export class BridgePresence {
     await Promise.all(this.#queues.values());
     for (const session of this.#sessions.values()) session.abandon();
     this.#sessions.clear();
+    this.#attached.clear();
     this.#waiting.clear();
   }
 
-  async #online(device: DeviceRecord): Promise<void> {
-    this.#gone.delete(device.id);
-    if (device.parent !== null) {
-      const gateway = this.#sessions.get(device.parent);
-      if (gateway) return await gateway.attach(device);
-      const waiting = this.#waiting.get(device.parent) ?? new Map<string, DeviceRecord>();
-      this.#waiting.set(device.parent, waiting.set(device.id, device));
-      return;
+  async #online(device: DeviceRecord, ancestors: string[]): Promise<void> {
+    if (this.#sessions.has(device.id) || this.#attached.has(device.id)) return;
+    const parent = ancestors[0];
+    if (parent !== undefined) {
+      const holder = this.#holderOf(parent);
+      if (holder) return await this.#attach(holder, device);
+      if (!(await this.#onlineElsewhere(parent))) {
+        const waiting = this.#waiting.get(parent) ?? new Map<string, DeviceRecord>();
+        this.#waiting.set(parent, waiting.set(device.id, device));
+        return;
+      }
     }
-    if (this.#sessions.has(device.id)) return;
     const session: DeviceSession = await this.#deps.sessions.open(device, this.#deps.downlink, {
       id: bridgeSessionId(device.id),
       // Ended elsewhere (another instance applied an offline): the next online opens it again.
       onLapsed: () => {
-        if (this.#sessions.get(device.id) === session) this.#sessions.delete(device.id);
+        if (this.#sessions.get(device.id) !== session) return;
+        this.#sessions.delete(device.id);
+        for (const [id, at] of this.#attached) {
+          if (at.session === session) this.#attached.delete(id);
+        }
       },
     });
     this.#sessions.set(device.id, session);
-    const children = this.#waiting.get(device.id);
-    this.#waiting.delete(device.id);
-    for (const child of children?.values() ?? []) await session.attach(child);
+    await this.#drainWaiting(session, device.id);
   }
 
-  async #offline(device: DeviceRecord): Promise<void> {
-    if (device.parent !== null) {
-      this.#waiting.get(device.parent)?.delete(device.id);
-      const gateway = this.#sessions.get(device.parent);
-      if (gateway?.serves(device.id)) return await gateway.detach(device.id, "disconnect");
-      return await this.#endEarlier(device.id, device.parent, []);
-    }
+  async #attach(session: DeviceSession, device: DeviceRecord): Promise<void> {
+    await session.attach(device);
+    this.#attached.set(device.id, { session, parent: device.parent! });
+    await this.#drainWaiting(session, device.id);
+  }
+
+  /** Children waiting for `gatewayId`, now online on `session`, are served there. */
+  async #drainWaiting(session: DeviceSession, gatewayId: string): Promise<void> {
+    const waiting = this.#waiting.get(gatewayId);
+    this.#waiting.delete(gatewayId);
+    for (const child of waiting?.values() ?? []) await this.#attach(session, child);
+  }
+
+  async #offline(device: DeviceRecord, ancestors: string[], live: boolean): Promise<void> {
+    if (device.parent !== null) this.#waiting.get(device.parent)?.delete(device.id);
     this.#waiting.delete(device.id);
-    const own = this.#sessions.get(device.id);
+    const heldHere = await this.#endHere(device.id, "disconnect");
+    // Sessions held elsewhere: another instance's, or an earlier process's (which a retained
+    // offline ends only while their lease may run, and once).
+    if (!live && !this.#earlierMayLive(device.id)) return;
+    if (!heldHere) await this.#closeElsewhere(device.id, [device.id, ...ancestors]);
+    await this.#childrenGo(device.id, 1);
+  }
+
+  /** A gateway went offline: its registered children (and theirs) go with it, wherever served. */
+  async #childrenGo(gatewayId: string, depth: number): Promise<void> {
+    if (depth > MAX_DEPTH) return;
+    for (const child of await this.#deps.registry.childIds(gatewayId)) {
+      this.#waiting.get(gatewayId)?.delete(child);
+      if (!(await this.#endHere(child, "disconnect"))) {
+        await this.#closeElsewhere(child, [child, gatewayId]);
+      }
+      await this.#childrenGo(child, depth + 1);
+    }
+  }
+
+  /** Ends what serves `deviceId` here, and the children attached under it; whether any did. */
+  async #endHere(deviceId: string, reason: string): Promise<boolean> {
+    const own = this.#sessions.get(deviceId);
     if (own) {
-      this.#sessions.delete(device.id);
-      this.#gone.add(device.id);
-      return await own.close("disconnect"); // Its children's sessions go with it.
+      this.#sessions.delete(deviceId);
+      for (const [id, at] of this.#attached) if (at.session === own) this.#attached.delete(id);
+      await own.close(reason); // Tells its children's twins too.
+      return true;
     }
-    await this.#endEarlier(device.id, device.id, await this.#childIdsIfEarly(device.id));
+    const attached = this.#attached.get(deviceId);
+    if (!attached) return false;
+    this.#attached.delete(deviceId);
+    await attached.session.detach(deviceId, reason);
+    // Its own children came through it: they go too.
+    for (const [id, at] of this.#attached) {
+      if (at.parent === deviceId) await this.#endHere(id, reason);
+    }
+    return true;
   }
 
-  /**
-   * Ends the session an earlier process held for `deviceId` (as `holder`'s session), and for
-   * the children it served, if one may still be alive; once per device.
-   */
-  async #endEarlier(deviceId: string, holder: string, children: string[]): Promise<void> {
-    if (this.#deps.now() >= this.#earlierUntil || this.#gone.has(deviceId)) return;
+  /** Ends sessions of `deviceId` that other processes hold, by their ids (no write if none). */
+  async #closeElsewhere(deviceId: string, holders: string[]): Promise<void> {
+    for (const holder of holders) {
+      await this.#deps.runtime.send(deviceId, {
+        type: "session.close",
+        sessionId: bridgeSessionId(holder),
+        reason: "disconnect",
+      });
+    }
+  }
+
+  /** Whether a session an earlier process held for `deviceId` may still live; asked once. */
+  #earlierMayLive(deviceId: string): boolean {
+    if (this.#deps.now() >= this.#earlierUntil) {
+      this.#gone.clear();
+      return false;
+    }
+    if (this.#gone.has(deviceId)) return false;
     this.#gone.add(deviceId);
-    const sessionId = bridgeSessionId(holder);
-    for (const id of [deviceId, ...children]) {
-      await this.#deps.runtime.send(id, { type: "session.close", sessionId, reason: "disconnect" });
-    }
+    return true;
   }
 
-  async #childIdsIfEarly(deviceId: string): Promise<string[]> {
-    if (this.#deps.now() >= this.#earlierUntil || this.#gone.has(deviceId)) return [];
-    return await this.#deps.registry.childIds(deviceId);
+  /** The session here that serves `deviceId` (its own, or one it is attached to). */
+  #holderOf(deviceId: string): DeviceSession | undefined {
+    return this.#sessions.get(deviceId) ?? this.#attached.get(deviceId)?.session;
+  }
+
+  /** Whether `deviceId`'s twin counts it online (through another instance, say). */
+  async #onlineElsewhere(deviceId: string): Promise<boolean> {
+    const stored = await loadTwin(this.#deps.kv, deviceId);
+    return stored?.state.connection.status === "online";
+  }
+
+  /** `device`'s parent, its parent's parent and so on, nearest first. */
+  async #ancestors(device: DeviceRecord): Promise<string[]> {
+    const chain: string[] = [];
+    let parent = device.parent;
+    while (parent !== null && chain.length < MAX_DEPTH && !chain.includes(parent)) {
+      chain.push(parent);
+      parent = (await this.#deps.registry.get(parent))?.parent ?? null;
+    }
+    return chain;
   }
 
   /** Runs `work` after the family's earlier work; what it throws goes to the caller. */
   #inOrder(family: string, work: () => Promise<void>): Promise<void> {
-    if (this.#closed) return Promise.resolve();
+    if (this.#closed) return Promise.reject(new Error("The bridge is closing."));
     const run = (this.#queues.get(family) ?? Promise.resolve()).then(work);
-    const settled = run.catch(() => {});
+    const settled = run.catch(() => {}); // The caller gets the error from `run`.
     this.#queues.set(family, settled);
     settled.then(() => {
       if (this.#queues.get(family) === settled) this.#queues.delete(family);

@@ -94,6 +94,8 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     logger.log(level, "bridge", message, fields);
 
   const clients: MqttClient[] = [];
+  // When each connection last subscribed: the retained messages it gets then are as old as that.
+  const subscribedAt: number[] = new Array(count).fill(Date.now());
   for (let i = 0; i < count; i++) {
     const client = mqtt.connect(options.url, {
       clientId: `${prefix}-${i}`,
@@ -106,7 +108,7 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     // mqtt.js sends the PUBACK once this calls back, and handles a connection's messages one at
     // a time: acknowledge only after the commit is durable.
     client.handleMessage = (packet, done) => {
-      handle(packet).then(() => done(), (error) => {
+      handle(packet, subscribedAt[i]).then(() => done(), (error) => {
         log("error", `Message on ${packet.topic} failed; reconnecting so it comes again: ${error}`);
         client.stream?.destroy();
       });
@@ -115,6 +117,8 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       const topics = UPLINK_TOPICS.map((t) => (group ? `$share/${group}/${t}` : t));
       // Subscribing again on every connect: a persistent session keeps plain subscriptions,
       // but not (on Mosquitto 2.0) shared ones. "Up" is logged once messages can flow.
+      subscribedAt[i] = Date.now();
+      announcements.subscribed(subscribedAt);
       client.subscribeAsync(topics, { qos: 1 }).then((granted) => {
         const refused = granted.filter((g) => g.qos === 128).map((g) => g.topic);
         if (refused.length > 0) {
@@ -176,11 +180,12 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     registry: deps.registry,
     sessions: deps.sessions,
     downlink,
+    kv: deps.kv,
     leaseMs: deps.sessions.deps.leaseMs,
     now: () => Date.now(),
   });
 
-  async function handle(packet: IPublishPacket): Promise<void> {
+  async function handle(packet: IPublishPacket, subscribed: number): Promise<void> {
     const topic = parseUplinkTopic(packet.topic);
     if (!topic) return; // Not ours (a subscription overlap): acknowledge and ignore.
     // A retained message comes again with every new subscription (each bridge restart): it was
@@ -200,7 +205,9 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       return;
     }
     try {
-      if (topic.op === "presence") return await presence(device, packet.payload as Uint8Array);
+      if (topic.op === "presence") {
+        return await presence(device, packet.payload as Uint8Array, packet.retain, subscribed);
+      }
       const body = parseBody(packet.payload as Uint8Array, `The message on ${topic.op}`);
       const result = await applyUplink(deps, device.id, topic.op, body, "bridge", topic.commandId);
       if (topic.op === "twin.get") {
@@ -220,7 +227,12 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     }
   }
 
-  async function presence(device: DeviceRecord, payload: Uint8Array): Promise<void> {
+  async function presence(
+    device: DeviceRecord,
+    payload: Uint8Array,
+    retained: boolean,
+    subscribedAt: number,
+  ): Promise<void> {
     // An empty retained message clears the announcement at the broker (as Doppel does for a
     // deleted device): nothing to apply.
     if (payload.length === 0) return;
@@ -233,7 +245,7 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
         { fields: [{ field: "status", message: 'must be "online" or "offline"' }] },
       );
     }
-    await announcements.announce(device, status);
+    await announcements.announce({ device, status, retained, subscribedAt });
   }
 
   return {
@@ -245,14 +257,15 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
       if (event.type === "deleted" || (event.type === "updated" && !event.device.enabled)) {
         await announcements.ended(event.device, event.type === "deleted" ? "deleted" : "disabled");
       }
-      if (event.type === "deleted") {
-        // Its last announcement must not speak for a device registered later under its id.
+      if (event.type === "deleted" || (event.type === "updated" && !event.device.enabled)) {
+        // Its last announcement must not speak for it once enabled again, or for a device
+        // registered later under its id: the broker sends no will when it ends the connection.
         // Not waited for: the broker's answer may queue behind a message being handled.
-        publish(upTopic.presence(event.device.id), "", 1, true).then((sent) => {
+        const id = event.device.id;
+        const body = event.type === "deleted" ? "" : { status: "offline" };
+        publish(upTopic.presence(id), body, 1, true).then((sent) => {
           if (!sent) {
-            log("warn", `The retained presence of deleted ${event.device.id} was not cleared.`, {
-              deviceId: event.device.id,
-            });
+            log("warn", `The retained presence of ${id} was not reset.`, { deviceId: id });
           }
         });
       }

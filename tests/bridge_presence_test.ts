@@ -1,0 +1,150 @@
+/**
+ * Bridge presence (`BridgePresence`) without a broker: several instances on one store, as a shared
+ * subscription group over several Doppel processes gives, and the orders announcements can come
+ * in. The same over a real Mosquitto is in `bridge_test.ts`.
+ * @module
+ */
+import { assertEquals } from "./assert.ts";
+import { type TestApp, testApp } from "./helpers.ts";
+import { type Announcement, BridgePresence } from "../src/transports/bridge_presence.ts";
+import type { Downlink } from "../src/transports/sessions.ts";
+
+const downlink: Downlink = {
+  transport: "bridge",
+  ready: () => true,
+  pushDesired: () => Promise.resolve(true),
+  pushCommand: () => Promise.resolve(true),
+  kick: () => {},
+};
+
+/** A test app with bridge instances on it, and a clock they share. */
+async function withInstances(
+  count: number,
+  fn: (t: TestApp, instances: BridgePresence[], clock: { now: number }) => Promise<void>,
+): Promise<void> {
+  const t = await testApp();
+  const clock = { now: Date.now() };
+  const instances = Array.from({ length: count }, () =>
+    new BridgePresence({
+      runtime: t.runtime,
+      registry: t.registry,
+      sessions: t.sessions,
+      kv: t.kv,
+      downlink,
+      now: () => clock.now,
+    }));
+  try {
+    await fn(t, instances, clock);
+  } finally {
+    for (const instance of instances) await instance.close();
+    await t.dispose();
+  }
+}
+
+/** A live announcement of `id`, or a retained one replayed to a subscription made at `at`. */
+async function say(
+  t: TestApp,
+  instance: BridgePresence,
+  id: string,
+  status: Announcement["status"],
+  retained?: { subscribedAt: number },
+): Promise<void> {
+  const device = await t.registry.get(id);
+  if (!device) throw new Error(`No device ${id}.`);
+  await instance.announce({
+    device,
+    status,
+    retained: retained !== undefined,
+    subscribedAt: retained?.subscribedAt ?? 0,
+  });
+}
+
+async function statuses(t: TestApp, ...ids: string[]): Promise<string[]> {
+  return await Promise.all(ids.map(async (id) => {
+    const res = await t.op("GET", `/api/v1/twins/${id}`);
+    return (await res.json()).connection.status;
+  }));
+}
+
+Deno.test("bridge presence, two instances: an offline that reaches the instance not holding the session still ends it, long after start", async () => {
+  await withInstances(2, async (t, [a, b], clock) => {
+    await t.register({ id: "x1" });
+    await say(t, a, "x1", "online");
+    clock.now += 10 * 60_000;
+    await say(t, b, "x1", "offline");
+    assertEquals(await statuses(t, "x1"), ["offline"]);
+  });
+});
+
+Deno.test("bridge presence, two instances: a child announced on the instance that does not hold its gateway comes online, and goes with the gateway", async () => {
+  await withInstances(2, async (t, [a, b]) => {
+    await t.register({ id: "g1" });
+    await t.register({ id: "k1", parent: "g1" });
+    await say(t, a, "g1", "online");
+    await say(t, b, "k1", "online");
+    assertEquals(await statuses(t, "g1", "k1"), ["online", "online"]);
+    await say(t, a, "g1", "offline");
+    assertEquals(await statuses(t, "g1", "k1"), ["offline", "offline"]);
+  });
+});
+
+Deno.test("bridge presence: nested gateways serve their grandchildren, who go offline with the top gateway", async () => {
+  await withInstances(1, async (t, [a]) => {
+    await t.register({ id: "g1" });
+    await t.register({ id: "g2", parent: "g1" });
+    await t.register({ id: "k2", parent: "g2" });
+    for (const id of ["g1", "g2", "k2"]) await say(t, a, id, "online");
+    assertEquals(await statuses(t, "g1", "g2", "k2"), ["online", "online", "online"]);
+    await say(t, a, "g1", "offline");
+    assertEquals(await statuses(t, "g1", "g2", "k2"), ["offline", "offline", "offline"]);
+  });
+});
+
+Deno.test("bridge presence: a child announced while its gateway is offline waits for the gateway", async () => {
+  await withInstances(1, async (t, [a]) => {
+    await t.register({ id: "g1" });
+    await t.register({ id: "k1", parent: "g1" });
+    await say(t, a, "k1", "online");
+    assertEquals(await statuses(t, "k1"), ["never"]);
+    await say(t, a, "g1", "online");
+    assertEquals(await statuses(t, "g1", "k1"), ["online", "online"]);
+  });
+});
+
+Deno.test("bridge presence: a retained online replayed to a subscription older than a live offline is dropped", async () => {
+  await withInstances(1, async (t, [a], clock) => {
+    await t.register({ id: "r1" });
+    await say(t, a, "r1", "online");
+    const subscribedAt = clock.now; // A connection subscribes; its replay is queued...
+    clock.now += 5;
+    await say(t, a, "r1", "offline"); // ...while another applies the device's will.
+    clock.now += 5;
+    await say(t, a, "r1", "online", { subscribedAt });
+    assertEquals(await statuses(t, "r1"), ["offline"]);
+    // A replay to a later subscription is the broker's current word.
+    await say(t, a, "r1", "online", { subscribedAt: clock.now });
+    assertEquals(await statuses(t, "r1"), ["online"]);
+  });
+});
+
+Deno.test("bridge presence: a disabled gateway's children go offline with it, wherever served", async () => {
+  await withInstances(2, async (t, [a, b]) => {
+    await t.register({ id: "g1" });
+    await t.register({ id: "k1", parent: "g1" });
+    await say(t, a, "g1", "online");
+    await say(t, b, "k1", "online");
+    const gateway = await t.registry.get("g1");
+    await a.ended(gateway!, "disabled");
+    assertEquals(await statuses(t, "g1", "k1"), ["offline", "offline"]);
+  });
+});
+
+Deno.test("bridge presence: after close, announcements are refused (so they are not acknowledged, and come again)", async () => {
+  await withInstances(1, async (t, [a]) => {
+    await t.register({ id: "z1" });
+    await a.close();
+    let refused = false;
+    await say(t, a, "z1", "online").catch(() => refused = true);
+    assertEquals(refused, true);
+  });
+});
