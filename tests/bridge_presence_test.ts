@@ -5,17 +5,10 @@
  * @module
  */
 import { assertEquals } from "./assert.ts";
-import { type TestApp, testApp } from "./helpers.ts";
+import { acceptingDownlink, type TestApp, testApp } from "./helpers.ts";
 import { type Announcement, BridgePresence } from "../src/transports/bridge_presence.ts";
-import type { Downlink } from "../src/transports/sessions.ts";
 
-const downlink: Downlink = {
-  transport: "bridge",
-  ready: () => true,
-  pushDesired: () => Promise.resolve(true),
-  pushCommand: () => Promise.resolve(true),
-  kick: () => {},
-};
+const downlink = acceptingDownlink("bridge");
 
 /** A test app with bridge instances on it, and a clock they share. */
 async function withInstances(

@@ -8,6 +8,8 @@ import type { Clock } from "../src/clock.ts";
 import { silentLogger } from "../src/log.ts";
 import { loadKinds } from "../src/twin/loader.ts";
 import type { TwinKind } from "../src/twin/kind.ts";
+import type { Downlink } from "../src/transports/sessions.ts";
+import type { Transport } from "../src/twin/presence.ts";
 
 /** The operator token test apps use. */
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
@@ -70,6 +72,7 @@ export async function testApp(
     clock?: Clock;
     kinds?: Map<string, TwinKind>;
     runtime?: AppDeps["runtime"];
+    trustProxy?: boolean;
   } = {},
 ): Promise<TestApp> {
   const kv = options.kv ?? await Deno.openKv(":memory:");
@@ -81,6 +84,7 @@ export async function testApp(
     adminToken: ADMIN_TOKEN,
     logger: silentLogger,
     runtime: options.runtime,
+    trustProxy: options.trustProxy,
   });
   const { op, dev } = requesters(doppel.app);
   return {
@@ -98,5 +102,16 @@ export async function testApp(
       await doppel.close();
       kv.close();
     },
+  };
+}
+
+/** A downlink whose device takes every push at once and is never kicked off. */
+export function acceptingDownlink(transport: Transport): Downlink {
+  return {
+    transport,
+    ready: () => true,
+    pushDesired: () => Promise.resolve(true),
+    pushCommand: () => Promise.resolve(true),
+    kick: () => {},
   };
 }

@@ -7,7 +7,7 @@
 import { createApp } from "../src/app.ts";
 import { silentLogger } from "../src/log.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { ADMIN_TOKEN, KINDS, type TestApp } from "./helpers.ts";
+import { ADMIN_TOKEN, KINDS, type TestApp, testApp } from "./helpers.ts";
 import { expectError, expectInvalid, fields, json, test } from "./api_assertions.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -1263,29 +1263,19 @@ Deno.test("sign-in: a dashboard session ends when the operator token is replaced
 /** An app as `DOPPEL_TRUST_PROXY` sets it up, for `fn`. */
 async function withProxyApp(
   trustProxy: boolean,
-  fn: (app: Awaited<ReturnType<typeof createApp>>) => Promise<void>,
+  fn: (app: TestApp) => Promise<void>,
 ): Promise<void> {
-  const kv = await Deno.openKv(":memory:");
-  const app = await createApp({
-    kv,
-    clock: { now: () => Date.now() },
-    kinds: KINDS,
-    secret: "test-secret-0123456789abcdef",
-    adminToken: ADMIN_TOKEN,
-    logger: silentLogger,
-    trustProxy,
-  });
+  const app = await testApp({ trustProxy });
   try {
     await fn(app);
   } finally {
-    await app.close();
-    kv.close();
+    await app.dispose();
   }
 }
 
 /** Signs in through `/login` with `headers` on both requests; returns the POST's answer. */
 async function signIn(
-  app: Awaited<ReturnType<typeof createApp>>,
+  app: TestApp,
   headers: Record<string, string>,
   token = ADMIN_TOKEN,
 ): Promise<{ form: Response; answer: Response }> {

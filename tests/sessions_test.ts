@@ -5,7 +5,7 @@
  * @module
  */
 import { assert, assertEquals } from "./assert.ts";
-import { testApp } from "./helpers.ts";
+import { acceptingDownlink, testApp } from "./helpers.ts";
 import { until } from "./transport_fixture.ts";
 import type { Downlink } from "../src/transports/sessions.ts";
 import type { DesiredUpdate } from "../src/twin/presence.ts";
@@ -141,13 +141,7 @@ Deno.test("sessions: a renewal that finds the session ended elsewhere (another b
   const app = await testApp();
   try {
     const { id } = await app.register({ id: "s3" });
-    const downlink: Downlink = {
-      transport: "bridge",
-      ready: () => true,
-      pushDesired: () => Promise.resolve(true),
-      pushCommand: () => Promise.resolve(true),
-      kick: () => {},
-    };
+    const downlink = acceptingDownlink("bridge");
     const device = await app.registry.get(id);
     assert(device);
     let lapsed = 0;
