@@ -115,7 +115,7 @@ Deno.test("bridge presence: a retained online replayed to a subscription older t
     await say(t, a, "r1", "online", { subscribedAt });
     assertEquals(await statuses(t, "r1"), ["offline"]);
     // A replay to a later subscription is the broker's current word.
-    await say(t, a, "r1", "online", { subscribedAt: clock.now });
+    await say(t, a, "r1", "online", { subscribedAt: Math.max(clock.now, Date.now()) + 1 });
     assertEquals(await statuses(t, "r1"), ["online"]);
   });
 });
@@ -139,5 +139,56 @@ Deno.test("bridge presence: after close, announcements are refused (so they are 
     let refused = false;
     await say(t, a, "z1", "online").catch(() => refused = true);
     assertEquals(refused, true);
+  });
+});
+
+Deno.test("bridge presence, two instances: a device whose will went to one instance and whose next online went to the other (which still held its session) is online", async () => {
+  await withInstances(2, async (t, [a, b]) => {
+    await t.register({ id: "x2" });
+    await t.register({ id: "g2" });
+    await t.register({ id: "k2", parent: "g2" });
+    for (const id of ["x2", "g2", "k2"]) await say(t, a, id, "online");
+    await say(t, b, "x2", "offline");
+    await say(t, b, "k2", "offline");
+    assertEquals(await statuses(t, "x2", "k2"), ["offline", "offline"]);
+    await say(t, a, "x2", "online");
+    await say(t, a, "k2", "online");
+    assertEquals(await statuses(t, "x2", "k2"), ["online", "online"]);
+  });
+});
+
+Deno.test("bridge presence, two instances: a child announced on one before its gateway's session opened on the other is served once it has", async () => {
+  await withInstances(2, async (t, [a, b]) => {
+    await t.register({ id: "g3" });
+    await t.register({ id: "k3", parent: "g3" });
+    await say(t, b, "k3", "online"); // The gateway is not online anywhere yet: k3 waits.
+    assertEquals(await statuses(t, "k3"), ["never"]);
+    await say(t, a, "g3", "online");
+    assertEquals(await statuses(t, "g3", "k3"), ["online", "online"]);
+    await say(t, a, "g3", "offline");
+    assertEquals(await statuses(t, "k3"), ["offline"]);
+  });
+});
+
+Deno.test("bridge presence, two instances: a retained online replayed on one after the other applied a newer live offline is dropped", async () => {
+  await withInstances(2, async (t, [a, b], clock) => {
+    await t.register({ id: "s4" });
+    await say(t, a, "s4", "online");
+    const subscribedAt = Date.now() - 1_000; // A's connection subscribed before the will came.
+    clock.now += 5;
+    await say(t, b, "s4", "offline");
+    await say(t, a, "s4", "online", { subscribedAt });
+    assertEquals(await statuses(t, "s4"), ["offline"]);
+  });
+});
+
+Deno.test("bridge presence: a child waiting for its gateway that was deleted meanwhile does not keep the others waiting", async () => {
+  await withInstances(1, async (t, [a]) => {
+    await t.register({ id: "g5" });
+    for (const id of ["k5a", "k5b", "k5c"]) await t.register({ id, parent: "g5" });
+    for (const id of ["k5a", "k5b", "k5c"]) await say(t, a, id, "online");
+    assertEquals((await t.op("DELETE", "/api/v1/devices/k5b")).status, 204);
+    await say(t, a, "g5", "online");
+    assertEquals(await statuses(t, "g5", "k5a", "k5c"), ["online", "online", "online"]);
   });
 });

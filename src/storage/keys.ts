@@ -27,6 +27,12 @@ export const keys = {
   /** A gateway's children. */
   devicesByParent: (parent: string, id?: string): Deno.KvKey =>
     id === undefined ? ["devices_by_parent", parent] : ["devices_by_parent", parent, id],
+  /**
+   * Bridge mode: a child announced online while its gateway was offline, waiting for the gateway
+   * (whichever instance opens the gateway's session serves it then).
+   */
+  bridgeWaiting: (gateway: string, child?: string): Deno.KvKey =>
+    child === undefined ? ["bridge_waiting", gateway] : ["bridge_waiting", gateway, child],
   /** One command of a device, by queue position. */
   command: (deviceId: string, seq: number): Deno.KvKey => ["commands", deviceId, seq],
   /** All commands of a device. */
@@ -92,6 +98,7 @@ export function devicePrefixes(deviceId: string): Deno.KvKey[] {
     ["telemetry", deviceId],
     ["rollups", deviceId],
     ["alarms", deviceId],
+    ["bridge_waiting", deviceId],
   ];
 }
 

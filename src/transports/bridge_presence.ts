@@ -8,14 +8,18 @@
  *   at renewal that its session was ended elsewhere drops it.
  * - A child is served through the session of the gateway it came through, when that session is
  *   here, so it goes offline with the gateway; when the gateway is online elsewhere, on a session
- *   of its own; when the gateway is offline, not at all: it waits for the gateway. A gateway going
- *   offline takes its registered children (and theirs) with it, wherever they are served.
+ *   of its own; when the gateway is offline, not at all: it waits for the gateway (in KV, so the
+ *   instance that opens the gateway's session serves it). A gateway going offline takes its
+ *   registered children (and theirs) with it, wherever they are served.
  * - Announcements of one family (a gateway, its children and theirs) are applied one at a time,
  *   in order of arrival, however many connections they come on; a retained one that a connection
- *   gets when it subscribes is dropped if a live one for the device has been applied since.
+ *   gets when it subscribes is dropped if a live one for the device has been applied since (here,
+ *   or by another instance, as the twin's presence tells).
  * @module
  */
+import { DoppelError } from "../errors.ts";
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
+import { keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
@@ -58,6 +62,9 @@ export function bridgeSessionId(deviceId: string): string {
 /** Gateways above gateways: deeper chains are cut here. */
 const MAX_DEPTH = 8;
 
+/** How long a child waits for its gateway before it must be announced again (ms). */
+const WAIT_MS = 24 * 60 * 60_000;
+
 /** The bridge's sessions, kept as devices announce themselves; see the module doc. */
 export class BridgePresence {
   #deps: BridgePresenceDeps;
@@ -65,8 +72,6 @@ export class BridgePresence {
   #sessions = new Map<string, DeviceSession>();
   // Children served on another device's session here: which, and their registered parent.
   #attached = new Map<string, { session: DeviceSession; parent: string }>();
-  // Children announced online while their gateway was offline, by gateway id.
-  #waiting = new Map<string, Map<string, DeviceRecord>>();
   // When a live announcement was last applied, by device (older than every connection's last
   // subscription, an entry is forgotten).
   #liveAt = new Map<string, number>();
@@ -92,7 +97,7 @@ export class BridgePresence {
       const { device, status } = a;
       if (a.retained && (this.#liveAt.get(device.id) ?? -Infinity) > a.subscribedAt) return;
       if (!a.retained) this.#liveAt.set(device.id, this.#deps.now());
-      if (status === "online") await this.#online(device, family);
+      if (status === "online") await this.#online(device, family, a);
       else await this.#offline(device, family, !a.retained);
     });
   }
@@ -110,8 +115,10 @@ export class BridgePresence {
   async ended(device: DeviceRecord, reason: string): Promise<void> {
     const family = await this.#ancestors(device);
     await this.#inOrder(family[family.length - 1] ?? device.id, async () => {
-      if (device.parent !== null) this.#waiting.get(device.parent)?.delete(device.id);
-      this.#waiting.delete(device.id);
+      if (device.parent !== null) {
+        await this.#deps.kv.delete(keys.bridgeWaiting(device.parent, device.id));
+      }
+      await this.#dropWaiting(device.id);
       this.#gone.delete(device.id);
       this.#liveAt.delete(device.id);
       await this.#endHere(device.id, reason);
@@ -129,25 +136,33 @@ export class BridgePresence {
     for (const session of this.#sessions.values()) session.abandon();
     this.#sessions.clear();
     this.#attached.clear();
-    this.#waiting.clear();
   }
 
-  async #online(device: DeviceRecord, ancestors: string[]): Promise<void> {
-    if (this.#sessions.has(device.id) || this.#attached.has(device.id)) return;
+  async #online(device: DeviceRecord, ancestors: string[], a: Announcement): Promise<void> {
+    const held = this.#sessions.get(device.id) ?? this.#attached.get(device.id)?.session;
+    if (held) {
+      // A live one opens it again at the twin: another instance may have applied an offline
+      // meanwhile (a shared group hands a device's will and its next online to different ones).
+      if (!a.retained) await held.attach(device);
+      return;
+    }
+    if (a.retained && (await this.#wentOfflineSince(device.id, a.subscribedAt))) return;
     const parent = ancestors[0];
     if (parent !== undefined) {
       const holder = this.#holderOf(parent);
       if (holder) return await this.#attach(holder, device);
       if (!(await this.#onlineElsewhere(parent))) {
-        const waiting = this.#waiting.get(parent) ?? new Map<string, DeviceRecord>();
-        this.#waiting.set(parent, waiting.set(device.id, device));
-        return;
+        await this.#deps.kv.set(keys.bridgeWaiting(parent, device.id), true, { expireIn: WAIT_MS });
+        // The gateway may have come online elsewhere between the look and the write.
+        if (!(await this.#onlineElsewhere(parent))) return;
+        await this.#deps.kv.delete(keys.bridgeWaiting(parent, device.id));
       }
     }
     const session: DeviceSession = await this.#deps.sessions.open(device, this.#deps.downlink, {
       id: bridgeSessionId(device.id),
       // Ended elsewhere (another instance applied an offline): the next online opens it again.
-      onLapsed: () => {
+      onLapsed: (lapsed) => {
+        if (lapsed !== device.id) return void this.#attached.delete(lapsed);
         if (this.#sessions.get(device.id) !== session) return;
         this.#sessions.delete(device.id);
         for (const [id, at] of this.#attached) {
@@ -165,21 +180,45 @@ export class BridgePresence {
     await this.#drainWaiting(session, device.id);
   }
 
-  /** Children waiting for `gatewayId`, now online on `session`, are served there. */
+  /**
+   * Children waiting for `gatewayId`, now online on `session`, are served there. Each waits on
+   * until it is; what one failure throws is thrown once the others are done.
+   */
   async #drainWaiting(session: DeviceSession, gatewayId: string): Promise<void> {
-    const waiting = this.#waiting.get(gatewayId);
-    this.#waiting.delete(gatewayId);
-    for (const child of waiting?.values() ?? []) await this.#attach(session, child);
+    let failure: unknown;
+    for await (const entry of this.#deps.kv.list({ prefix: keys.bridgeWaiting(gatewayId) })) {
+      const child = await this.#deps.registry.get(entry.key[2] as string);
+      try {
+        if (child?.enabled && child.parent === gatewayId) await this.#attach(session, child);
+      } catch (error) {
+        // A child deleted since it was announced has no twin: it waits for nothing.
+        if (!(error instanceof DoppelError && error.code === "not_found")) {
+          failure ??= error;
+          continue;
+        }
+      }
+      await this.#deps.kv.delete(entry.key);
+    }
+    if (failure !== undefined) throw failure;
+  }
+
+  /** Forgets the children waiting for `gatewayId` (it went offline: it announces them again). */
+  async #dropWaiting(gatewayId: string): Promise<void> {
+    for await (const entry of this.#deps.kv.list({ prefix: keys.bridgeWaiting(gatewayId) })) {
+      await this.#deps.kv.delete(entry.key);
+    }
   }
 
   async #offline(device: DeviceRecord, ancestors: string[], live: boolean): Promise<void> {
-    if (device.parent !== null) this.#waiting.get(device.parent)?.delete(device.id);
-    this.#waiting.delete(device.id);
-    const heldHere = await this.#endHere(device.id, "disconnect");
+    if (device.parent !== null) {
+      await this.#deps.kv.delete(keys.bridgeWaiting(device.parent, device.id));
+    }
+    await this.#dropWaiting(device.id);
+    await this.#endHere(device.id, "disconnect");
     // Sessions held elsewhere: another instance's, or an earlier process's (which a retained
-    // offline ends only while their lease may run, and once).
+    // offline ends only while their lease may run, and once). No write where there is none.
     if (!live && !this.#earlierMayLive(device.id)) return;
-    if (!heldHere) await this.#closeElsewhere(device.id, [device.id, ...ancestors]);
+    await this.#closeElsewhere(device.id, [device.id, ...ancestors]);
     await this.#childrenGo(device.id, 1);
   }
 
@@ -187,10 +226,8 @@ export class BridgePresence {
   async #childrenGo(gatewayId: string, depth: number): Promise<void> {
     if (depth > MAX_DEPTH) return;
     for (const child of await this.#deps.registry.childIds(gatewayId)) {
-      this.#waiting.get(gatewayId)?.delete(child);
-      if (!(await this.#endHere(child, "disconnect"))) {
-        await this.#closeElsewhere(child, [child, gatewayId]);
-      }
+      await this.#endHere(child, "disconnect");
+      await this.#closeElsewhere(child, [child, gatewayId]);
       await this.#childrenGo(child, depth + 1);
     }
   }
@@ -240,6 +277,16 @@ export class BridgePresence {
   /** The session here that serves `deviceId` (its own, or one it is attached to). */
   #holderOf(deviceId: string): DeviceSession | undefined {
     return this.#sessions.get(deviceId) ?? this.#attached.get(deviceId)?.session;
+  }
+
+  /**
+   * Whether `deviceId`'s twin went offline after `time` (a live offline applied by any instance
+   * since a connection subscribed and got an older retained online).
+   */
+  async #wentOfflineSince(deviceId: string, time: number): Promise<boolean> {
+    const connection = (await loadTwin(this.#deps.kv, deviceId))?.state.connection;
+    return connection?.status === "offline" && connection.since !== null &&
+      Date.parse(connection.since) > time;
   }
 
   /** Whether `deviceId`'s twin counts it online (through another instance, say). */

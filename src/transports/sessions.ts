@@ -43,10 +43,11 @@ export interface SessionOpenOptions {
   /** The key it authenticated with: it ends once a rotation retires that key. */
   keyId?: string;
   /**
-   * Called when the device's twin no longer knows the session (a renewal found it ended by
-   * someone else); the session is then dropped here, without telling the twin again.
+   * Called with the device whose twin no longer knows the session (a renewal found it ended by
+   * someone else): that device is then no longer served here (the whole session, if it is the
+   * session's own), without telling the twin again.
    */
-  onLapsed?(): void;
+  onLapsed?(deviceId: string): void;
 }
 
 interface Served {
@@ -207,7 +208,7 @@ export class DeviceSession {
   #downlink: Downlink;
   #served = new Map<string, Served>();
   #closed = false;
-  #onLapsed: (() => void) | undefined;
+  #onLapsed: ((deviceId: string) => void) | undefined;
 
   /** Use {@link SessionHub.open}. */
   constructor(
@@ -240,10 +241,14 @@ export class DeviceSession {
     return [...this.#served.keys()];
   }
 
-  /** Starts serving a device on this session: itself, or a gateway's child. */
+  /**
+   * Starts serving a device on this session: itself, or a gateway's child. One served already is
+   * opened again at its twin (another process may have ended it there meanwhile).
+   */
   async attach(device: DeviceRecord): Promise<void> {
-    if (this.#closed || this.#served.has(device.id)) return;
-    const { runtime, bus, leaseMs } = this.#hub.deps;
+    if (this.#closed) return;
+    if (this.#served.has(device.id)) return await this.#reopen(this.#served.get(device.id)!);
+    const { bus } = this.#hub.deps;
     const served: Served = {
       device,
       unsubscribe: () => {},
@@ -255,20 +260,29 @@ export class DeviceSession {
     // Listen before opening, so nothing committed in between is missed.
     served.unsubscribe = bus.subscribe(device.id, (notice) => this.#onNotice(served, notice));
     try {
-      const opened = await runtime.send(device.id, {
-        type: "session.open",
-        sessionId: this.id,
-        transport: this.transport,
-        via: this.deviceId,
-        leaseMs,
-      }) as SessionOpened;
-      this.#pushCommands(served, opened.commands);
-      if (opened.desired) this.#pushDesired(served);
+      await this.#reopen(served);
     } catch (error) {
       served.unsubscribe();
       this.#served.delete(device.id);
       throw error;
     }
+  }
+
+  /**
+   * Tells a served device's twin the session is open (again: a no-op for a twin that knew) and
+   * pushes what waits for the device.
+   */
+  async #reopen(served: Served): Promise<void> {
+    const { runtime, leaseMs } = this.#hub.deps;
+    const opened = await runtime.send(served.device.id, {
+      type: "session.open",
+      sessionId: this.id,
+      transport: this.transport,
+      via: this.deviceId,
+      leaseMs,
+    }) as SessionOpened;
+    this.#pushCommands(served, opened.commands);
+    if (opened.desired) this.#pushDesired(served);
   }
 
   /** Stops serving a child (the gateway reported it offline, or it was disabled). */
@@ -301,13 +315,12 @@ export class DeviceSession {
       runtime.send(deviceId, { type: "session.renew", sessionId: this.id, leaseMs })
         .then((answer) => {
           if ((answer as { renewed: boolean }).renewed || !this.#onLapsed) return;
-          if (deviceId === this.deviceId) {
-            this.abandon();
-            this.#onLapsed();
-          } else {
+          if (deviceId === this.deviceId) this.abandon();
+          else {
             this.#served.get(deviceId)?.unsubscribe();
             this.#served.delete(deviceId);
           }
+          this.#onLapsed(deviceId);
         })
         .catch((error) => this.#log(deviceId, `Renewing the session lease failed: ${error}`));
     }
