@@ -192,3 +192,26 @@ Deno.test("bridge presence: a child waiting for its gateway that was deleted mea
     assertEquals(await statuses(t, "g5", "k5a", "k5c"), ["online", "online", "online"]);
   });
 });
+
+Deno.test("bridge presence: a retained online replayed after the device's lease ran out (not an offline announcement) opens its session again", async () => {
+  await withInstances(1, async (t, [a]) => {
+    await t.register({ id: "l1" });
+    const subscribedAt = Date.now() - 1_000;
+    // An earlier process held the session; its lease runs out while the replay is on its way.
+    await t.runtime.send("l1", {
+      type: "session.open",
+      sessionId: "bridge:l1",
+      transport: "bridge",
+      via: "l1",
+      leaseMs: 90_000,
+    });
+    await t.runtime.send("l1", {
+      type: "session.close",
+      sessionId: "bridge:l1",
+      reason: "lease expired",
+    });
+    assertEquals(await statuses(t, "l1"), ["offline"]);
+    await say(t, a, "l1", "online", { subscribedAt });
+    assertEquals(await statuses(t, "l1"), ["online"]);
+  });
+});

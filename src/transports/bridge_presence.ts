@@ -280,13 +280,14 @@ export class BridgePresence {
   }
 
   /**
-   * Whether `deviceId`'s twin went offline after `time` (a live offline applied by any instance
-   * since a connection subscribed and got an older retained online).
+   * Whether `deviceId`'s twin went offline by an announcement after `time` (a live offline applied
+   * by any instance since a connection subscribed and got an older retained online). A lease that
+   * ran out meanwhile does not count: the replay is what renews it.
    */
   async #wentOfflineSince(deviceId: string, time: number): Promise<boolean> {
     const connection = (await loadTwin(this.#deps.kv, deviceId))?.state.connection;
-    return connection?.status === "offline" && connection.since !== null &&
-      Date.parse(connection.since) > time;
+    return connection?.status === "offline" && connection.reason === "disconnect" &&
+      connection.since !== null && Date.parse(connection.since) > time;
   }
 
   /** Whether `deviceId`'s twin counts it online (through another instance, say). */
