@@ -6,6 +6,7 @@
  */
 import { assertEquals } from "./assert.ts";
 import { acceptingDownlink, type TestApp, testApp } from "./helpers.ts";
+import { silentLogger } from "../src/log.ts";
 import { type Announcement, BridgePresence } from "../src/transports/bridge_presence.ts";
 
 const downlink = acceptingDownlink("bridge");
@@ -24,6 +25,7 @@ async function withInstances(
       sessions: t.sessions,
       kv: t.kv,
       downlink,
+      logger: silentLogger,
       now: () => clock.now,
     }));
   try {
@@ -50,6 +52,7 @@ async function say(
     retained: retained !== undefined,
     subscribedAt: retained?.subscribedAt ?? 0,
   });
+  await instance.settled(); // Children going offline with a gateway, queued after it.
 }
 
 async function statuses(t: TestApp, ...ids: string[]): Promise<string[]> {
@@ -128,6 +131,7 @@ Deno.test("bridge presence: a disabled gateway's children go offline with it, wh
     await say(t, b, "k1", "online");
     const gateway = await t.registry.get("g1");
     await a.ended(gateway!, "disabled");
+    await a.settled();
     assertEquals(await statuses(t, "g1", "k1"), ["offline", "offline"]);
   });
 });

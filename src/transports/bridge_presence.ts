@@ -18,6 +18,7 @@
  * @module
  */
 import { DoppelError } from "../errors.ts";
+import type { Logger } from "../log.ts";
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
 import { keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
@@ -36,6 +37,8 @@ export interface BridgePresenceDeps {
   kv: Deno.Kv;
   /** How the bridge reaches devices. */
   downlink: Downlink;
+  /** Log lines (for work done after the announcement that caused it was acknowledged). */
+  logger: Logger;
   /** How long a session outlives its process (the hub's lease, ms; default 90 s). */
   leaseMs?: number;
   /** Current time in ms. */
@@ -122,7 +125,7 @@ export class BridgePresence {
       this.#gone.delete(device.id);
       this.#liveAt.delete(device.id);
       await this.#endHere(device.id, reason);
-      await this.#childrenGo(device.id, 1); // A disabled gateway's children lose it.
+      this.#childrenLater(family[family.length - 1] ?? device.id, device.id); // They lose it.
     });
   }
 
@@ -132,7 +135,7 @@ export class BridgePresence {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all(this.#queues.values());
+    await this.settled();
     for (const session of this.#sessions.values()) session.abandon();
     this.#sessions.clear();
     this.#attached.clear();
@@ -219,7 +222,27 @@ export class BridgePresence {
     // offline ends only while their lease may run, and once). No write where there is none.
     if (!live && !this.#earlierMayLive(device.id)) return;
     await this.#closeElsewhere(device.id, [device.id, ...ancestors]);
-    await this.#childrenGo(device.id, 1);
+    this.#childrenLater(ancestors[ancestors.length - 1] ?? device.id, device.id);
+  }
+
+  /**
+   * Takes a gateway's children offline next in its family's order, without holding up the
+   * connection the announcement came on (a gateway may have thousands).
+   */
+  #childrenLater(family: string, gatewayId: string): void {
+    this.#inOrder(family, () => this.#childrenGo(gatewayId, 1), true).catch((error) =>
+      this.#deps.logger.log(
+        "error",
+        "bridge",
+        `Taking the children of ${gatewayId} offline failed; their leases end them: ${error}`,
+        { deviceId: gatewayId },
+      )
+    );
+  }
+
+  /** Resolves once the work queued so far (children going offline with a gateway) is done. */
+  async settled(): Promise<void> {
+    while (this.#queues.size > 0) await Promise.all(this.#queues.values());
   }
 
   /** A gateway went offline: its registered children (and theirs) go with it, wherever served. */
@@ -308,8 +331,8 @@ export class BridgePresence {
   }
 
   /** Runs `work` after the family's earlier work; what it throws goes to the caller. */
-  #inOrder(family: string, work: () => Promise<void>): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error("The bridge is closing."));
+  #inOrder(family: string, work: () => Promise<void>, evenClosing = false): Promise<void> {
+    if (this.#closed && !evenClosing) return Promise.reject(new Error("The bridge is closing."));
     const run = (this.#queues.get(family) ?? Promise.resolve()).then(work);
     const settled = run.catch(() => {}); // The caller gets the error from `run`.
     this.#queues.set(family, settled);

@@ -180,6 +180,7 @@ export function startBridge(deps: BridgeDeps, options: BridgeOptions): MqttBridg
     registry: deps.registry,
     sessions: deps.sessions,
     downlink,
+    logger,
     kv: deps.kv,
     leaseMs: deps.sessions.deps.leaseMs,
     now: () => Date.now(),
