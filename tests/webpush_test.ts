@@ -286,3 +286,18 @@ Deno.test("web push: a VAPID subject push services would refuse stops start-up, 
     kv.close();
   }
 });
+
+Deno.test("web push: a subscription may not point Doppel at plain http beyond this machine (a cloud's metadata address, say)", async () => {
+  const app = await testApp();
+  try {
+    const keys = await browserKeys();
+    for (const endpoint of ["http://169.254.169.254/latest/meta-data", "http://10.0.0.5/push"]) {
+      const res = await app.op("POST", "/api/v1/push/subscriptions", { endpoint, keys: keys.json });
+      const body = await res.json();
+      assertEquals([res.status, body.error.details.fields[0].field], [400, "endpoint"], endpoint);
+    }
+    assertEquals((await (await app.op("GET", "/api/v1/push/subscriptions")).json()).items, []);
+  } finally {
+    await app.dispose();
+  }
+});

@@ -14,9 +14,23 @@ import type { Services } from "./services.ts";
 
 const STATES = new Set(["active", "acknowledged", "cleared"]);
 
+/**
+ * Whether Doppel may post alarms to `url`: push services are https; plain http only on this
+ * machine, or an operator's subscription could make Doppel post into its own network (a cloud's
+ * metadata address, say) on every alarm.
+ */
+function isPushEndpoint(url: string): boolean {
+  const { protocol, hostname } = new URL(url);
+  return protocol === "https:" || hostname === "localhost" || hostname === "[::1]" ||
+    /^127\.\d+\.\d+\.\d+$/.test(hostname);
+}
+
 /** `POST /api/v1/push/subscriptions`: a browser's `PushSubscription.toJSON()`. */
 export const PushSubscriptionBody = z.strictObject({
-  endpoint: z.url({ protocol: /^https?$/ }).max(2048),
+  endpoint: z.url({ protocol: /^https?$/ }).max(2048).refine(
+    isPushEndpoint,
+    "must be an https URL (http only to this machine, as for a local test receiver)",
+  ),
   keys: z.object({
     // What web push encrypts to: a P-256 public key, uncompressed (65 bytes, first 0x04), and a
     // 16-byte secret, each base64url. Anything else could never be sent to.
