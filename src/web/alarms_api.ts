@@ -30,7 +30,7 @@ export const PushSubscriptionBody = z.strictObject({
   endpoint: z.url({ protocol: /^https?$/ }).max(2048).refine(
     isPushEndpoint,
     "must be an https URL (http only to this machine, as for a local test receiver)",
-  ),
+  ).describe("the push service's URL: https (plain http only to this machine)"),
   keys: z.object({
     // What web push encrypts to: a P-256 public key, uncompressed (65 bytes, first 0x04), and a
     // 16-byte secret, each base64url. Anything else could never be sent to.
