@@ -18,19 +18,35 @@ import { randomSecret } from "./registry/secrets.ts";
 import { loadKinds } from "./twin/loader.ts";
 
 /** Settings from the environment and flags. */
-interface Config {
+export interface Config {
+  /** HTTP port (`PORT`, default 8000). */
   port: number;
+  /** Embedded MQTT port (`MQTT_PORT`, default 1883). */
   mqttPort: number;
+  /** External broker for bridge mode (`MQTT_URL`). */
   mqttUrl?: string;
+  /** KV path or URL (`DOPPEL_KV`). */
   kvPath: string;
+  /** Twin kinds folder (`DOPPEL_TWINS`). */
   twinsDir: string;
+  /** Operator token (`DOPPEL_ADMIN_TOKEN`). */
   adminToken?: string;
+  /** Server secret (`DOPPEL_SECRET`). */
   secret?: string;
+  /** Log level (`DOPPEL_LOG_LEVEL`). */
   logLevel: string;
+  /** Address to listen on (`DOPPEL_HOSTNAME`). */
   hostname: string;
 }
 
-function readConfig(args: string[]): Config {
+/**
+ * The settings `args` (flags) and the environment (`env`, by default the process's) give: a flag
+ * wins over its variable, and an empty variable counts as unset.
+ */
+export function readConfig(
+  args: string[],
+  env: (name: string) => string | undefined = (name) => Deno.env.get(name),
+): Config {
   const flags = new Map<string, string>();
   for (let i = 0; i < args.length; i++) {
     const match = /^--([a-z-]+)(?:=(.*))?$/.exec(args[i]);
@@ -38,7 +54,7 @@ function readConfig(args: string[]): Config {
     flags.set(match[1], match[2] ?? args[++i] ?? "");
   }
   // An empty variable counts as unset (`PORT=` in a unit file means the default, not port 0).
-  const get = (flag: string, env: string) => flags.get(flag) ?? (Deno.env.get(env) || undefined);
+  const get = (flag: string, name: string) => flags.get(flag) ?? (env(name) || undefined);
   const port = Number(get("port", "PORT") ?? 8000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new Error(`PORT ${JSON.stringify(get("port", "PORT"))} is not a port number.`);
