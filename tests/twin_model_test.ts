@@ -894,3 +894,36 @@ Deno.test("desired metadata: a leaf set to the value it had keeps its version; n
   // Catch-up from version 2 carries only what changed since.
   assertEquals(desiredSince(record, 2)?.patch, { b: 2 });
 });
+
+Deno.test("turn: a handler cannot change the twin in place (what it is shown is frozen), nor pass a command an invalid ttl or timeout", () => {
+  const meddler = defineTwin({
+    kind: "meddler",
+    telemetry: z.strictObject({ lux: z.number(), how: z.string() }),
+    desired: z.strictObject({ level: z.number().max(10).optional() }),
+    reported: z.strictObject({ firmware: z.string().optional() }),
+    commands: { blink: z.strictObject({}) },
+    handlers: {
+      onTelemetry(ctx, item) {
+        if (item.how === "desired") (ctx.desired as Record<string, unknown>).level = 999;
+        if (item.how === "reported") (ctx.reported as Record<string, unknown>).hacked = true;
+        if (item.how === "memory") (ctx.memory as Record<string, unknown>).sneaky = 1;
+        if (item.how === "ttl") ctx.sendCommand("blink", {}, { timeout: NaN });
+        if (item.how === "negative") ctx.sendCommand("blink", {}, { ttl: -5 });
+      },
+    },
+  });
+  const start = turn(fresh("meddler"), [{ type: "desired", patch: { level: 3 } }], {
+    kind: meddler,
+  }).state;
+  for (const how of ["desired", "reported", "memory", "ttl", "negative"]) {
+    const result = turn(start, [{ type: "telemetry", items: [{ lux: 1, how }] }], {
+      kind: meddler,
+    });
+    assertEquals(result.writes.events.map((e) => e.type), ["handler.failed"], how);
+    assertEquals(result.state.desired, { level: 3 }, how);
+    assertEquals(result.state.reported, {}, how);
+    assertEquals(result.state.memory, {}, how);
+    assertEquals(result.state.commands.pending, [], how);
+  }
+  assertEquals(start.desired, { level: 3 }, "the stored state before the turn is untouched");
+});

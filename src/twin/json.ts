@@ -127,6 +127,20 @@ export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
   return value;
 }
 
+/**
+ * A deep copy of a JSON value, frozen throughout: what a kind's handler is shown of the twin, so
+ * it cannot change stored state except by asking (`patchDesired`, `setMemory`, …).
+ */
+export function frozenCopy<T extends Json>(value: T): T {
+  if (value === null || typeof value !== "object") return value;
+  if (Array.isArray(value)) return Object.freeze(value.map((item) => frozenCopy(item))) as T;
+  const copy: JsonObject = {};
+  for (const key in value) {
+    if (Object.hasOwn(value, key)) copy[key] = frozenCopy((value as JsonObject)[key]);
+  }
+  return Object.freeze(copy) as T;
+}
+
 /** Applies an RFC 7396 merge patch to `target`, returning the result. */
 export function applyMergePatch(target: Json | undefined, patch: Json): Json {
   if (!isObject(patch)) return patch;

@@ -18,6 +18,7 @@ import {
 import { bodyError, DoppelError, type FieldIssue, validationError } from "../errors.ts";
 import {
   applyMergePatch,
+  frozenCopy,
   isObject,
   type Json,
   jsonBytes,
@@ -844,7 +845,7 @@ class Turn {
         this.#runHandler(
           draft,
           "onTelemetry",
-          (ctx) => onTelemetry(ctx, { ...item.values, ts: item.ts }),
+          (ctx) => onTelemetry(ctx, frozenCopy({ ...item.values, ts: item.ts })),
         );
       }
     }
@@ -890,7 +891,7 @@ class Turn {
       this.#runHandler(
         draft,
         "onReported",
-        (ctx) => kind.handlers.onReported?.(ctx, result, draft.state.reported),
+        (ctx) => kind.handlers.onReported?.(ctx, frozenCopy(result), ctx.reported),
       );
     }
     return { version: draft.state.version };
@@ -910,7 +911,7 @@ class Turn {
       this.#runHandler(
         draft,
         "onDesired",
-        (ctx) => kind.handlers.onDesired?.(ctx, result, draft.state.desired),
+        (ctx) => kind.handlers.onDesired?.(ctx, frozenCopy(result), ctx.desired),
       );
     }
     return draft.state;
@@ -1069,8 +1070,20 @@ class Turn {
         `Device ${state.id} would have ${waiting} bytes of command payloads waiting, over ${COMMAND_LIMITS.maxPendingBytes}; wait for some to finish.`,
       );
     }
-    const ttl = options.ttl ?? COMMAND_LIMITS.defaultTtl;
-    const timeout = options.timeout ?? COMMAND_LIMITS.defaultTimeout;
+    // Checked here too, not only by the operator API: handlers and rule actions pass these, and
+    // a NaN or negative one would make the command's times invalid.
+    const ttl = commandSeconds(
+      "ttl",
+      options.ttl,
+      COMMAND_LIMITS.defaultTtl,
+      COMMAND_LIMITS.maxTtl,
+    );
+    const timeout = commandSeconds(
+      "timeout",
+      options.timeout,
+      COMMAND_LIMITS.defaultTimeout,
+      COMMAND_LIMITS.maxTimeout,
+    );
     const seq = state.commands.nextSeq;
     const at = this.#nowIso;
     const command: CommandRecord = {
@@ -1290,6 +1303,9 @@ class HandlerContext implements TwinContext {
   #wishes: Wish[] = [];
   #before: TwinRecord;
   #view: PublicTwin | undefined;
+  #desired: JsonObject | undefined;
+  #reported: JsonObject | undefined;
+  #memory: JsonObject | undefined;
   #open = true;
 
   constructor(before: TwinRecord, now: number) {
@@ -1307,20 +1323,24 @@ class HandlerContext implements TwinContext {
     return this.#wishes;
   }
 
+  // What the handler is shown are frozen copies, made when first asked for: it changes the twin
+  // only through the wishes it records (a change made in place would skip the schemas).
   get twin(): PublicTwin {
-    return this.#view ??= publicTwin(this.#before);
+    return this.#view ??= frozenCopy(
+      publicTwin(this.#before) as unknown as Json,
+    ) as unknown as PublicTwin;
   }
 
   get desired(): JsonObject {
-    return this.#before.desired;
+    return this.#desired ??= frozenCopy(this.#before.desired);
   }
 
   get reported(): JsonObject {
-    return this.#before.reported;
+    return this.#reported ??= frozenCopy(this.#before.reported);
   }
 
   get memory(): JsonObject {
-    return this.#before.memory;
+    return this.#memory ??= frozenCopy(this.#before.memory);
   }
 
   get sendCommand(): TwinContext["sendCommand"] {
@@ -1438,6 +1458,23 @@ function numericValue(value: unknown): number | undefined {
 }
 
 /** The field name an issue gets: within `items[i]` for a batch, else as it is. */
+/** A command's `ttl` or `timeout` in seconds: `fallback` if absent, else an integer 1…`max`. */
+function commandSeconds(
+  field: "ttl" | "timeout",
+  value: number | undefined,
+  fallback: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < 1 || value > max) {
+    throw validationError(`The command's ${field} ${value} is invalid:`, [{
+      field,
+      message: `must be a whole number of seconds from 1 to ${max}`,
+    }]);
+  }
+  return value;
+}
+
 function fieldAt(prefix: string, field: string): string {
   return prefix && field ? `${prefix}.${field}` : prefix || field;
 }
