@@ -1011,6 +1011,42 @@ test("a device disabled while its long poll is parked is not handed commands", a
   assertEquals((await commandOf(t, "d1", c)).status, "queued");
 });
 
+test("a long poll whose key was retired, or whose child went to another gateway, while it was parked is not handed commands", async (t) => {
+  const parked = async (id: string) => {
+    // Wait (on a condition, not a clock) until the poll has looked once and is parked.
+    for (let i = 0; i < 2000 && !(t.runtime.peek(id)?.idle && t.runtime.peek(id)?.state); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    assert(t.runtime.peek(id)?.idle, "the poll reached the twin");
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  };
+  const refusedOrEmpty = async (res: Response, status: number) => {
+    const text = await res.text();
+    if (res.status === 200) assertEquals(JSON.parse(text), { items: [] }, text);
+    else assertEquals(res.status, status, text);
+  };
+  // A key retired by two rotations.
+  const d = await t.register({ id: "r1" });
+  const poll = t.dev(d, "GET", "/device/v1/commands?wait=3");
+  await parked("r1");
+  for (let i = 0; i < 2; i++) await json(await t.op("POST", "/api/v1/devices/r1/keys"), 200);
+  const c = await queue(t, "r1");
+  await refusedOrEmpty(await poll, 401);
+  assertEquals((await commandOf(t, "r1", c)).status, "queued");
+
+  // A gateway's child deleted and registered under another gateway.
+  const g1 = await t.register({ id: "g1" });
+  await t.register({ id: "g2" });
+  await t.register({ id: "k1", parent: "g1" });
+  const childPoll = t.dev(g1, "GET", "/device/v1/commands?wait=3&device=k1");
+  await parked("k1");
+  assertEquals((await t.op("DELETE", "/api/v1/devices/k1")).status, 204);
+  await t.register({ id: "k1", parent: "g2" });
+  const c2 = await queue(t, "k1");
+  await refusedOrEmpty(await childPoll, 403);
+  assertEquals((await commandOf(t, "k1", c2)).status, "queued");
+});
+
 test("an unknown field is named in details.fields (strict telemetry, single and batch)", async (t) => {
   // The contract: 400 bad input, "details name the field".
   const d = await t.register({ id: "d1" });

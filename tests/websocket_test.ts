@@ -5,7 +5,7 @@
  * upgrade, and presence.
  * @module
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   type TransportFixture,
   until,
@@ -320,5 +320,22 @@ Deno.test("ws and mqtt: a connection outlives one key rotation, and ends at the 
     assertEquals(ws.closeCode, 4003);
     assertEquals((await waitConnection(f, "w2", "offline")).reason, "key revoked");
     assertEquals((await waitConnection(f, "m2", "offline")).reason, "key revoked");
+  });
+});
+
+Deno.test("ws: a socket that sends frames without waiting for their results is closed past 64 in flight, rather than holding them all", async () => {
+  await withFixture(async (f) => {
+    const d = await f.register({ id: "w9" });
+    const ws = await f.ws(d);
+    for (let i = 0; i < 400; i++) {
+      ws.send({ type: "telemetry", rid: i, data: { temperature: 20 } });
+    }
+    const refused = await ws.frame(
+      (x) => x.type === "error" && (x.error as { code: string }).code === "rate_limited",
+      "the refusal",
+    );
+    assertMatch((refused.error as { message: string }).message, /At most 64 frames/);
+    await ws.whenClosed(); // The server ends the connection (1008, as its client may see it).
+    assert(!ws.open);
   });
 });

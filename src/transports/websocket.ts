@@ -24,6 +24,9 @@ import type { DesiredUpdate } from "../twin/presence.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, MAX_UPLINK_BYTES, parseBody, type UplinkOp } from "./uplink.ts";
 
+/** Frames one socket may have waiting for their results before it is closed. */
+const MAX_FRAMES_IN_FLIGHT = 64;
+
 /**
  * How long a desired push waits for its `ack` frame before it counts as not handed over (ms). A
  * command push waits as long as the socket is open: it is `delivered` on its ack, however late.
@@ -104,22 +107,44 @@ export function serveDeviceSocket(
     socket.close(1011, "session failed");
   });
 
+  // Frames being handled now: a device may send the next before the last is answered, but not
+  // without bound (each holds its bytes until its turn commits).
+  let inFlight = 0;
   socket.addEventListener("message", async (event) => {
     let rid: unknown;
+    // A string has at least as many UTF-8 bytes as characters: one too long is refused uncopied.
+    const size = typeof event.data === "string"
+      ? event.data.length
+      : (event.data as ArrayBuffer).byteLength;
+    if (size > MAX_UPLINK_BYTES) {
+      log(`Frame of ${size} bytes refused.`);
+      const error = new DoppelError(
+        "payload_too_large",
+        `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`,
+      );
+      send({ type: "error", error: error.toJSON().error });
+      return;
+    }
+    if (inFlight >= MAX_FRAMES_IN_FLIGHT) {
+      log("Too many frames in flight; closing.");
+      const error = new DoppelError(
+        "rate_limited",
+        `At most ${MAX_FRAMES_IN_FLIGHT} frames may wait for their results; closing.`,
+      );
+      send({ type: "error", error: error.toJSON().error });
+      socket.close(1008, "too many frames in flight");
+      return;
+    }
+    inFlight++;
     try {
       const bytes = typeof event.data === "string"
         ? new TextEncoder().encode(event.data)
         : new Uint8Array(event.data as ArrayBuffer);
       if (bytes.byteLength > MAX_UPLINK_BYTES) {
-        log(`Frame of ${bytes.byteLength} bytes refused.`);
-        send({
-          type: "error",
-          error: new DoppelError(
-            "payload_too_large",
-            `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`,
-          ).toJSON().error,
-        });
-        return;
+        throw new DoppelError(
+          "payload_too_large",
+          `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`,
+        );
       }
       const frame = parseBody(bytes, "The frame");
       if (!isObject(frame)) {
@@ -139,6 +164,8 @@ export function serveDeviceSocket(
         ? error.toJSON().error
         : { code: "internal", message: "Something went wrong on our side; it was logged." };
       send({ type: "error", ...(rid === undefined ? {} : { rid }), error: body });
+    } finally {
+      inFlight--;
     }
   });
 

@@ -150,12 +150,18 @@ export function deviceApi(s: Services): Hono<Env> {
         return c.json({ items: delivered.map(deviceCommand) });
       }
       if (!(await queued)) return c.json({ items: [] });
-      // The poll waited: a device disabled meanwhile must not be handed anything.
+      // The poll waited: what let it in is checked again (a device disabled, a key retired, a
+      // child deleted and registered under another gateway, an id registered anew) before it
+      // is handed anything.
       const { device, target } = c.get("caller");
-      for (const who of new Set([device.id, target.id])) {
-        if (!(await s.registry.get(who))?.enabled) {
-          throw new DoppelError("forbidden", `Device ${who} is disabled.`);
-        }
+      const again = await requireDevice(c, s.registry);
+      if (
+        again.device.createdAt !== device.createdAt || again.target.createdAt !== target.createdAt
+      ) {
+        throw new DoppelError(
+          "unauthorized",
+          `Device ${target.id} was registered again while the poll waited; poll again.`,
+        );
       }
     }
   });
