@@ -626,3 +626,53 @@ Deno.test("no data: a rule added to a kind wakes its twins at the next start; si
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("rules that could never behave stop the kind loading, naming the rule and what is wrong", async () => {
+  const cases: Array<[() => unknown, RegExp]> = [
+    [() => threshold({ name: "t1", metric: "temp", above: NaN }), /"t1": above must be a finite/],
+    [
+      () => threshold({ name: "t2", metric: "temp", above: 30, clear: { below: Infinity } }),
+      /"t2": clear\.below must be a finite number; got Infinity/,
+    ],
+    [
+      () => rateOfChange({ name: "r1", metric: "temp", risingPerMinute: NaN }),
+      /"r1": risingPerMinute must be a finite/,
+    ],
+    [() => anomaly({ name: "a1", metric: "temp", z: 0 }), /"a1": z must be above 0/],
+    [() => anomaly({ name: "a2", metric: "temp", warmup: -1 }), /"a2": warmup must be a whole/],
+    [
+      () =>
+        threshold({
+          name: "s1",
+          metric: "temp",
+          above: 1,
+          alarm: { severity: "fatal" as "major" },
+        }),
+      /"s1": alarm severity "fatal" is not one of critical, major, minor, warning/,
+    ],
+    [
+      () => kinds([threshold({ name: "m1", metric: "tmep", above: 30 })]),
+      /rule "m1" watches "tmep", which its telemetry schema does not have/,
+    ],
+  ];
+  for (const [make, message] of cases) {
+    const error = await assertRejects(() => Promise.resolve().then(make));
+    assertMatch(String(error), message);
+  }
+  // A kind that declares commands: a rule's action must name one of them.
+  const error = await assertRejects(() =>
+    Promise.resolve().then(() =>
+      defineTwin({
+        kind: "cooler",
+        telemetry: z.object({ temp: z.number() }),
+        desired: z.object({}),
+        reported: z.object({}),
+        commands: { cool: z.object({}) },
+        rules: [
+          threshold({ name: "hot", metric: "temp", above: 30, onRaise: [{ command: "coool" }] }),
+        ],
+      })
+    )
+  );
+  assertMatch(String(error), /rule "hot" sends command "coool", which the kind does not declare/);
+});

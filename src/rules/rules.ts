@@ -8,7 +8,7 @@
 import { parseDuration } from "../telemetry/history.ts";
 import type { JsonObject } from "../twin/json.ts";
 import type { Json } from "../twin/json.ts";
-import type { Severity } from "./alarms.ts";
+import { SEVERITIES, type Severity } from "./alarms.ts";
 
 /** Something a rule does when it fires or clears. */
 export type Action =
@@ -146,6 +146,8 @@ export function threshold(
   if ((spec.above === undefined) === (spec.below === undefined)) {
     throw new Error(`Rule "${spec.name}": give exactly one of above or below.`);
   }
+  finite(spec.name, { above: spec.above, below: spec.below });
+  finite(spec.name, { "clear.above": spec.clear?.above, "clear.below": spec.clear?.below });
   return {
     ...common(spec),
     rule: "threshold",
@@ -170,6 +172,10 @@ export function rateOfChange(
   if (spec.risingPerMinute === undefined && spec.fallingPerMinute === undefined) {
     throw new Error(`Rule "${spec.name}": give risingPerMinute or fallingPerMinute.`);
   }
+  finite(spec.name, {
+    risingPerMinute: spec.risingPerMinute,
+    fallingPerMinute: spec.fallingPerMinute,
+  });
   return { ...common(spec), rule: "rate", metric: spec.metric, ...rates(spec) };
 }
 
@@ -192,6 +198,13 @@ export function anomaly(
   const z = spec.z ?? 3;
   const alpha = spec.alpha ?? 0.1;
   const minStd = spec.minStd ?? 0;
+  finite(spec.name, { z, clearZ: spec.clearZ });
+  if (!(z > 0)) throw new Error(`Rule "${spec.name}": z must be above 0; got ${z}.`);
+  if (spec.warmup !== undefined && !(Number.isInteger(spec.warmup) && spec.warmup >= 0)) {
+    throw new Error(
+      `Rule "${spec.name}": warmup must be a whole number of readings; got ${spec.warmup}.`,
+    );
+  }
   if (!(alpha > 0 && alpha <= 1)) throw new Error(`Rule "${spec.name}": alpha must be in (0, 1].`);
   if (!(minStd >= 0 && Number.isFinite(minStd))) {
     throw new Error(
@@ -216,7 +229,23 @@ function common(spec: Common): Common {
       `Rule name ${JSON.stringify(spec.name)} is invalid: use 1-64 of A-Z a-z 0-9 _ . -`,
     );
   }
+  if (spec.alarm && !(SEVERITIES as readonly string[]).includes(spec.alarm.severity)) {
+    throw new Error(
+      `Rule "${spec.name}": alarm severity ${JSON.stringify(spec.alarm.severity)} is not one of ${
+        SEVERITIES.join(", ")
+      }.`,
+    );
+  }
   return { name: spec.name, alarm: spec.alarm, onRaise: spec.onRaise, onClear: spec.onClear };
+}
+
+/** Throws, naming the rule and field, for any of `values` given but not a finite number. */
+function finite(rule: string, values: Record<string, number | undefined>): void {
+  for (const [field, value] of Object.entries(values)) {
+    if (value !== undefined && !Number.isFinite(value)) {
+      throw new Error(`Rule "${rule}": ${field} must be a finite number; got ${value}.`);
+    }
+  }
 }
 
 function rates(spec: { risingPerMinute?: number; fallingPerMinute?: number }) {

@@ -133,11 +133,27 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
     }
   }
   const names = new Set<string>();
+  const shape = closedShape(definition.telemetry);
+  const commands = Object.keys(definition.commands ?? {});
   for (const rule of definition.rules ?? []) {
     if (names.has(rule.name)) {
       throw new Error(`Kind "${definition.kind}" has two rules named "${rule.name}".`);
     }
     names.add(rule.name);
+    const metric = "metric" in rule ? rule.metric : undefined;
+    if (shape && metric !== undefined && !(metric in shape)) {
+      throw new Error(
+        `Kind "${definition.kind}" rule "${rule.name}" watches "${metric}", which its telemetry schema does not have.`,
+      );
+    }
+    // A kind that declares its commands gets only those: a rule's action must name one.
+    for (const action of [...(rule.onRaise ?? []), ...(rule.onClear ?? [])]) {
+      if ("command" in action && commands.length > 0 && !commands.includes(action.command)) {
+        throw new Error(
+          `Kind "${definition.kind}" rule "${rule.name}" sends command "${action.command}", which the kind does not declare.`,
+        );
+      }
+    }
   }
   const retention = { ...DEFAULT_RETENTION };
   for (const [level, text] of Object.entries(definition.retention ?? {})) {
@@ -178,13 +194,7 @@ function checkHistoryFields(
   telemetry: z.ZodType,
   fields: readonly string[],
 ): ReadonlySet<string> {
-  // A strict or stripping object schema knows every field it lets through; a loose one, a record
-  // or a transformed schema may let through others, so any name is taken.
-  const def = (telemetry as { _zod?: { def?: { type?: string; catchall?: z.ZodType } } })._zod
-    ?.def;
-  const closed = def?.type === "object" &&
-    (def.catchall === undefined || def.catchall instanceof z.ZodNever);
-  const shape = closed ? (telemetry as { shape?: Record<string, unknown> }).shape : undefined;
+  const shape = closedShape(telemetry);
   for (const field of fields) {
     if (typeof field !== "string" || field.length === 0) {
       throw new Error(`Kind "${kind}" history lists ${JSON.stringify(field)}, not a field name.`);
@@ -196,6 +206,18 @@ function checkHistoryFields(
     }
   }
   return new Set(fields);
+}
+
+/**
+ * The fields of a telemetry schema that knows every field it lets through (a strict or stripping
+ * object); `undefined` for a loose one, a record or a transformed schema, which may let others.
+ */
+function closedShape(telemetry: z.ZodType): Record<string, unknown> | undefined {
+  const def = (telemetry as { _zod?: { def?: { type?: string; catchall?: z.ZodType } } })._zod
+    ?.def;
+  const closed = def?.type === "object" &&
+    (def.catchall === undefined || def.catchall instanceof z.ZodNever);
+  return closed ? (telemetry as { shape?: Record<string, unknown> }).shape : undefined;
 }
 
 /** Whether a module export is a kind made by {@link defineTwin}. */
