@@ -675,4 +675,15 @@ Deno.test("rules that could never behave stop the kind loading, naming the rule 
     )
   );
   assertMatch(String(error), /rule "hot" sends command "coool", which the kind does not declare/);
+  const bare = await assertRejects(() =>
+    Promise.resolve().then(() =>
+      defineTwin({
+        kind: "bare",
+        telemetry: z.number(),
+        desired: z.object({}),
+        reported: z.object({}),
+      })
+    )
+  );
+  assertMatch(String(bare), /"bare" telemetry schema must describe an object/);
 });

@@ -132,6 +132,13 @@ export function defineTwin<T extends z.ZodType, D extends z.ZodType, R extends z
       throw new Error(`Kind "${definition.kind}" needs a zod schema for ${field}.`);
     }
   }
+  // Telemetry items are JSON objects: a schema that takes a bare number (or string) describes
+  // something no device can send, and every message would be refused.
+  if (definition.telemetry.safeParse(0).success || definition.telemetry.safeParse("x").success) {
+    throw new Error(
+      `Kind "${definition.kind}" telemetry schema must describe an object (its fields); it accepts a bare value.`,
+    );
+  }
   const names = new Set<string>();
   const shape = closedShape(definition.telemetry);
   const commands = Object.keys(definition.commands ?? {});
