@@ -20,7 +20,7 @@
 import { DoppelError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { DeviceRecord, Registry } from "../registry/devices.ts";
-import { keys } from "../storage/keys.ts";
+import { deletePrefix, keys } from "../storage/keys.ts";
 import { loadTwin } from "../storage/twin_store.ts";
 import type { TwinRuntime } from "../twin/runtime.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
@@ -62,6 +62,11 @@ export function bridgeSessionId(deviceId: string): string {
   return `bridge:${deviceId}`;
 }
 
+/** The family an announcement is ordered in: its topmost gateway, or the device itself. */
+function rootOf(device: DeviceRecord, ancestors: readonly string[]): string {
+  return ancestors[ancestors.length - 1] ?? device.id;
+}
+
 /** Gateways above gateways: deeper chains are cut here. */
 const MAX_DEPTH = 8;
 
@@ -96,7 +101,7 @@ export class BridgePresence {
    */
   async announce(a: Announcement): Promise<void> {
     const family = await this.#ancestors(a.device);
-    await this.#inOrder(family[family.length - 1] ?? a.device.id, async () => {
+    await this.#inOrder(rootOf(a.device, family), async () => {
       const { device, status } = a;
       if (a.retained && (this.#liveAt.get(device.id) ?? -Infinity) > a.subscribedAt) return;
       if (!a.retained) this.#liveAt.set(device.id, this.#deps.now());
@@ -117,15 +122,12 @@ export class BridgePresence {
   /** `device` was disabled or deleted: its session ends, and it waits for no gateway. */
   async ended(device: DeviceRecord, reason: string): Promise<void> {
     const family = await this.#ancestors(device);
-    await this.#inOrder(family[family.length - 1] ?? device.id, async () => {
-      if (device.parent !== null) {
-        await this.#deps.kv.delete(keys.bridgeWaiting(device.parent, device.id));
-      }
-      await this.#dropWaiting(device.id);
+    await this.#inOrder(rootOf(device, family), async () => {
+      await this.#stopWaiting(device);
       this.#gone.delete(device.id);
       this.#liveAt.delete(device.id);
       await this.#endHere(device.id, reason);
-      this.#childrenLater(family[family.length - 1] ?? device.id, device.id); // They lose it.
+      this.#childrenLater(rootOf(device, family), device.id); // They lose it.
     });
   }
 
@@ -142,7 +144,7 @@ export class BridgePresence {
   }
 
   async #online(device: DeviceRecord, ancestors: string[], a: Announcement): Promise<void> {
-    const held = this.#sessions.get(device.id) ?? this.#attached.get(device.id)?.session;
+    const held = this.#holderOf(device.id);
     if (held) {
       // A live one opens it again at the twin: another instance may have applied an offline
       // meanwhile (a shared group hands a device's will and its next online to different ones).
@@ -165,12 +167,8 @@ export class BridgePresence {
       id: bridgeSessionId(device.id),
       // Ended elsewhere (another instance applied an offline): the next online opens it again.
       onLapsed: (lapsed) => {
-        if (lapsed !== device.id) return void this.#attached.delete(lapsed);
-        if (this.#sessions.get(device.id) !== session) return;
-        this.#sessions.delete(device.id);
-        for (const [id, at] of this.#attached) {
-          if (at.session === session) this.#attached.delete(id);
-        }
+        if (lapsed !== device.id) this.#attached.delete(lapsed);
+        else if (this.#sessions.get(device.id) === session) this.#forget(device.id, session);
       },
     });
     this.#sessions.set(device.id, session);
@@ -205,24 +203,25 @@ export class BridgePresence {
     if (failure !== undefined) throw failure;
   }
 
-  /** Forgets the children waiting for `gatewayId` (it went offline: it announces them again). */
-  async #dropWaiting(gatewayId: string): Promise<void> {
-    for await (const entry of this.#deps.kv.list({ prefix: keys.bridgeWaiting(gatewayId) })) {
-      await this.#deps.kv.delete(entry.key);
-    }
-  }
-
-  async #offline(device: DeviceRecord, ancestors: string[], live: boolean): Promise<void> {
+  /**
+   * `device` waits for its gateway no more, and its children wait for it no more (gone, it
+   * announces them again when it is back).
+   */
+  async #stopWaiting(device: DeviceRecord): Promise<void> {
     if (device.parent !== null) {
       await this.#deps.kv.delete(keys.bridgeWaiting(device.parent, device.id));
     }
-    await this.#dropWaiting(device.id);
+    await deletePrefix(this.#deps.kv, keys.bridgeWaiting(device.id));
+  }
+
+  async #offline(device: DeviceRecord, ancestors: string[], live: boolean): Promise<void> {
+    await this.#stopWaiting(device);
     await this.#endHere(device.id, "disconnect");
     // Sessions held elsewhere: another instance's, or an earlier process's (which a retained
     // offline ends only while their lease may run, and once). No write where there is none.
     if (!live && !this.#earlierMayLive(device.id)) return;
     await this.#closeElsewhere(device.id, [device.id, ...ancestors]);
-    this.#childrenLater(ancestors[ancestors.length - 1] ?? device.id, device.id);
+    this.#childrenLater(rootOf(device, ancestors), device.id);
   }
 
   /**
@@ -255,24 +254,27 @@ export class BridgePresence {
     }
   }
 
-  /** Ends what serves `deviceId` here, and the children attached under it; whether any did. */
-  async #endHere(deviceId: string, reason: string): Promise<boolean> {
+  /** Ends what serves `deviceId` here, and the children attached under it. */
+  async #endHere(deviceId: string, reason: string): Promise<void> {
     const own = this.#sessions.get(deviceId);
     if (own) {
-      this.#sessions.delete(deviceId);
-      for (const [id, at] of this.#attached) if (at.session === own) this.#attached.delete(id);
-      await own.close(reason); // Tells its children's twins too.
-      return true;
+      this.#forget(deviceId, own);
+      return await own.close(reason); // Tells its children's twins too.
     }
     const attached = this.#attached.get(deviceId);
-    if (!attached) return false;
+    if (!attached) return;
     this.#attached.delete(deviceId);
     await attached.session.detach(deviceId, reason);
     // Its own children came through it: they go too.
     for (const [id, at] of this.#attached) {
       if (at.parent === deviceId) await this.#endHere(id, reason);
     }
-    return true;
+  }
+
+  /** Forgets `deviceId`'s own session here, and the children attached to it. */
+  #forget(deviceId: string, session: DeviceSession): void {
+    this.#sessions.delete(deviceId);
+    for (const [id, at] of this.#attached) if (at.session === session) this.#attached.delete(id);
   }
 
   /** Ends sessions of `deviceId` that other processes hold, by their ids (no write if none). */

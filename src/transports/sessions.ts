@@ -236,11 +236,6 @@ export class DeviceSession {
     return this.#served.has(deviceId);
   }
 
-  /** The devices it serves: itself and its attached children. */
-  get servedIds(): string[] {
-    return [...this.#served.keys()];
-  }
-
   /**
    * Starts serving a device on this session: itself, or a gateway's child. One served already is
    * opened again at its twin (another process may have ended it there meanwhile).

@@ -131,12 +131,12 @@ export function parseJsonDocument(bytes: Uint8Array, what: string): unknown {
  * A deep copy of a JSON value, frozen throughout: what a kind's handler is shown of the twin, so
  * it cannot change stored state except by asking (`patchDesired`, `setMemory`, …).
  */
-export function frozenCopy<T extends Json>(value: T): T {
+export function frozenCopy<T>(value: T): T {
   if (value === null || typeof value !== "object") return value;
   if (Array.isArray(value)) return Object.freeze(value.map((item) => frozenCopy(item))) as T;
-  const copy: JsonObject = {};
+  const copy: Record<string, unknown> = {};
   for (const key in value) {
-    if (Object.hasOwn(value, key)) copy[key] = frozenCopy((value as JsonObject)[key]);
+    if (Object.hasOwn(value, key)) copy[key] = frozenCopy(value[key]);
   }
   return Object.freeze(copy) as T;
 }

@@ -1326,9 +1326,7 @@ class HandlerContext implements TwinContext {
   // What the handler is shown are frozen copies, made when first asked for: it changes the twin
   // only through the wishes it records (a change made in place would skip the schemas).
   get twin(): PublicTwin {
-    return this.#view ??= frozenCopy(
-      publicTwin(this.#before) as unknown as Json,
-    ) as unknown as PublicTwin;
+    return this.#view ??= frozenCopy(publicTwin(this.#before));
   }
 
   get desired(): JsonObject {
