@@ -24,6 +24,11 @@ import type { DesiredUpdate } from "../twin/presence.ts";
 import type { DeviceSession, Downlink, SessionHub } from "./sessions.ts";
 import { applyUplink, MAX_UPLINK_BYTES, parseBody, type UplinkOp } from "./uplink.ts";
 
+/** The refusal of a frame over {@link MAX_UPLINK_BYTES}. */
+function frameTooLarge(): DoppelError {
+  return new DoppelError("payload_too_large", `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`);
+}
+
 /** Frames one socket may have waiting for their results before it is closed. */
 const MAX_FRAMES_IN_FLIGHT = 64;
 
@@ -118,11 +123,7 @@ export function serveDeviceSocket(
       : (event.data as ArrayBuffer).byteLength;
     if (size > MAX_UPLINK_BYTES) {
       log(`Frame of ${size} bytes refused.`);
-      const error = new DoppelError(
-        "payload_too_large",
-        `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`,
-      );
-      send({ type: "error", error: error.toJSON().error });
+      send({ type: "error", error: frameTooLarge().toJSON().error });
       return;
     }
     if (inFlight >= MAX_FRAMES_IN_FLIGHT) {
@@ -140,12 +141,9 @@ export function serveDeviceSocket(
       const bytes = typeof event.data === "string"
         ? new TextEncoder().encode(event.data)
         : new Uint8Array(event.data as ArrayBuffer);
-      if (bytes.byteLength > MAX_UPLINK_BYTES) {
-        throw new DoppelError(
-          "payload_too_large",
-          `A frame may be at most ${MAX_UPLINK_BYTES} bytes.`,
-        );
-      }
+      // Characters past ASCII take more than a byte: a string can pass the count above and not
+      // this one.
+      if (bytes.byteLength > MAX_UPLINK_BYTES) throw frameTooLarge();
       const frame = parseBody(bytes, "The frame");
       if (!isObject(frame)) {
         throw new DoppelError("bad_request", "A frame must be a JSON object with a type.");
