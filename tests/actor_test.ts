@@ -613,8 +613,8 @@ Deno.test("storage: a twin with every field away from its default loads back the
     // And one at every default stores none of them, and loads them back.
     const fresh = newTwinRecord("fresh", "generic", now);
     const [first] = encodeTwin(fresh, 1).mutations;
-    assert(first.type === "set");
-    const head = first.value as string;
+    assert(first.type === "set" && first.value instanceof Uint8Array, "the head is UTF-8 bytes");
+    const head = new TextDecoder().decode(first.value);
     assertEquals(Object.keys(JSON.parse(head)).sort(), [
       "connection",
       "createdAt",
@@ -624,8 +624,37 @@ Deno.test("storage: a twin with every field away from its default loads back the
       "telemetry",
       "version",
     ]);
+    await kv.set(["twins", "fresh"], first.value);
+    assertEquals((await loadTwin(kv, "fresh"))!.state, fresh);
+    // A head written as a string (before heads were bytes) still loads.
     await kv.set(["twins", "fresh"], head);
     assertEquals((await loadTwin(kv, "fresh"))!.state, fresh);
+  });
+});
+
+Deno.test("storage: a record short enough for one value but not as UTF-8 bytes is stored as text", async () => {
+  await withKv(async (kv) => {
+    const now = Date.parse("2026-11-27T06:00:00.000Z");
+    // 25,000 characters of three UTF-8 bytes each: 75,000 bytes, past KV's 64 KiB value cap,
+    // while the same text as a string (two bytes a character) fits.
+    const record: TwinRecord = {
+      ...newTwinRecord("cjk", "generic", now),
+      reported: { note: "中".repeat(25_000) },
+    };
+    const { mutations, chunks } = encodeTwin(record, 1);
+    assertEquals(chunks, 1);
+    assertEquals(mutations.length, 1);
+    assert(mutations[0].type === "set" && !(mutations[0].value instanceof Uint8Array));
+    const atomic = kv.atomic();
+    for (const mutation of mutations) atomic.mutate(mutation);
+    assert((await atomic.commit()).ok);
+    assertEquals((await loadTwin(kv, "cjk"))!.state, record);
+    // Back to a short record: bytes again, over the text head.
+    const short = { ...record, reported: { note: "中" } };
+    const again = encodeTwin(short, 1).mutations;
+    assert(again[0].type === "set" && again[0].value instanceof Uint8Array);
+    await kv.set(again[0].key, again[0].value);
+    assertEquals((await loadTwin(kv, "cjk"))!.state, short);
   });
 });
 

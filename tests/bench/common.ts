@@ -117,6 +117,15 @@ export function twinHeadEntry(record: TwinRecord): { key: Deno.KvKey; value: unk
   return { key: mutations[0].key, value: mutations[0].value };
 }
 
+/**
+ * The bytes a KV value takes as the runtime writes it: a byte array's length (twin heads are JSON
+ * text encoded as UTF-8), a string's length, anything else the length of its JSON.
+ */
+export function storedBytes(value: unknown): number {
+  if (value instanceof Uint8Array) return value.length;
+  return typeof value === "string" ? value.length : JSON.stringify(value).length;
+}
+
 /** Options for {@link seedDevices}. */
 export interface SeedOptions {
   /** Twin kind of every device (default `thermostat`). */

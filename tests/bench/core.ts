@@ -10,7 +10,7 @@
 import type { Behavior, Loaded, Plan } from "../../src/actor/activation.ts";
 import { CommitBatcher } from "../../src/actor/commit_batcher.ts";
 import { Directory } from "../../src/actor/directory.ts";
-import { cpuShare, removeDir, sleep, tempDir, threadCpu } from "./common.ts";
+import { cpuShare, removeDir, sleep, storedBytes, tempDir, threadCpu } from "./common.ts";
 
 /** What the core run measured. */
 export interface CoreResult {
@@ -62,7 +62,7 @@ class HeadOnly implements Behavior<unknown, null> {
       commit: {
         checks: [{ key, versionstamp: current.versionstamp }],
         mutations: [{ type: "set", key, value }],
-        bytes: 2 * JSON.stringify(value).length + 64,
+        bytes: storedBytes(value) + 64,
       },
       release() {},
     };

@@ -10,6 +10,7 @@ import {
   deviceIds,
   fmt,
   removeDir,
+  storedBytes,
   tempDir,
   threadCpu,
   twinAfterTelemetry,
@@ -67,14 +68,16 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
     const now = Date.now();
     const entries = options.entries ??
       deviceIds("raw", twins).map((id) => twinHeadEntry(twinAfterTelemetry(id, now)));
-    const valueBytes = entries.reduce((sum, e) => sum + JSON.stringify(e.value).length, 0) / twins;
+    const valueBytes = entries.reduce((sum, e) => sum + storedBytes(e.value), 0) / twins;
     log(
-      `  ${fmt(twins)} twin heads, ${valueBytes.toFixed(0)} bytes of JSON each on average` +
+      `  ${fmt(twins)} twin heads, ${
+        valueBytes.toFixed(0)
+      } bytes of JSON each on average, stored as UTF-8 bytes` +
         (options.entries ? " (the heads the runtime wrote)" : " (encodeTwin(newTwinRecord()))"),
     );
     // Up to 1000 sets per atomic, fewer if 1000 of these values would pass KV's 800 KiB cap
     // (kept under it by the margin the runtime's batcher keeps: 760 KiB, 64 bytes a key).
-    const largest = Math.max(...entries.map((e) => JSON.stringify(e.value).length));
+    const largest = Math.max(...entries.map((e) => storedBytes(e.value)));
     const bulk = Math.min(1000, Math.floor(760 * 1024 / (largest + 64)));
     // Write every head once, remembering versionstamps for the checked runs.
     const stamps: string[] = new Array(twins);
