@@ -4,7 +4,7 @@
  * other's heap. Used by `main.ts`, with the V8 flags of `deno task start`; by hand:
  *
  * ```sh
- * deno run --allow-all --v8-flags=--max-semi-space-size=64,--no-allocation-site-pretenuring \
+ * deno run --allow-all --v8-flags=--max-semi-space-size=96,--no-allocation-site-pretenuring \
  *   tests/bench/child.ts runtime '{"history": false}'
  * ```
  * @module
