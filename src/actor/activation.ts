@@ -155,10 +155,8 @@ export class Activation<S, M> {
     // memory, and messages arriving meanwhile join this turn.
     this.#inTurn = true;
     this.#holding = true;
-    const room = this.#ctx.batcher.room();
     // Once given room, take it: asking again would queue this turn behind later ones.
-    if (room) room.then(() => this.#takeTurn());
-    else this.#takeTurn();
+    if (this.#ctx.batcher.room(() => this.#takeTurn())) this.#takeTurn();
   }
 
   #takeTurn(): void {

@@ -147,18 +147,20 @@ export class CommitBatcher {
   }
 
   /**
-   * `undefined` when the queue has room for another request now; otherwise a promise that
-   * resolves once it has. Either way the caller then holds a place, to hand on with
-   * {@link giveBack}. Callers about to prepare a request wait here first, so work is not
+   * `true` when the queue has room for another request now; otherwise `false`, and `ready` is
+   * called (in a later microtask) once it has. Either way the caller then holds a place, to hand
+   * on with {@link giveBack}. Callers about to prepare a request wait here first, so work is not
    * prepared long before an atomic can take it: a request prepared late holds its memory for
    * less time, and messages that arrive meanwhile join the same request.
    */
-  room(): Promise<void> | undefined {
+  room(ready: () => void): boolean {
     if (this.#queue.length + this.#given + this.#waiting.length < this.#options.maxQueued) {
       this.#given++;
-      return undefined;
+      return true;
     }
-    return new Promise((resolve) => this.#waiting.push(resolve));
+    // A callback, not a promise: under load most turns wait here, one each.
+    this.#waiting.push(ready);
+    return false;
   }
 
   /**
@@ -223,9 +225,14 @@ export class CommitBatcher {
   #makeRoom(): void {
     // Places already given count as taken: a turn let through may still be planning.
     const free = this.#options.maxQueued - this.#queue.length - this.#given;
-    const released = this.#waiting.splice(0, Math.max(0, free));
+    if (free <= 0 || this.#waiting.length === 0) return;
+    const released = this.#waiting.splice(0, free);
     this.#given += released.length;
-    for (const resolve of released) resolve();
+    // Later, in one microtask, as a promise would: a turn let through plans and enqueues, which
+    // must not run inside the batcher's own bookkeeping.
+    queueMicrotask(() => {
+      for (const ready of released) ready();
+    });
   }
 
   /** Commits one atomic and tells its requests how it went. Never rejects. */
