@@ -6,8 +6,9 @@
  * 2. The twin runtime in process: durable telemetry messages per second from 2,000 callers over
  *    10,000 twins, and its ratio to both raw ceilings. Then its bound: the same actor core under
  *    the same load with turns that do nothing but rewrite the heads the runtime wrote (`core.ts`).
- *    Then the runtime and its raw ceiling again, alternating, for five pairs in all: the ratio's
- *    target is judged on their median, as one pair's ratio moves with the VM's speed.
+ *    Then the runtime and its raw ceiling again, alternating, five pairs, each run in a fresh
+ *    process: the ratio's target is judged on their median, as one pair's ratio moves with the
+ *    VM's speed.
  * 3. HTTP: the real server process driven by `wrk` (skipped, saying so, without `wrk`).
  * 4. Memory: resident memory with 100,000 twins activated, in a child process.
  * 5. MQTT: the real server process and a load generator process with 1,000 mqtt.js devices
@@ -30,7 +31,7 @@
  * ```
  * @module
  */
-import { fmt, machineCpu, sleep } from "./common.ts";
+import { fmt, machineCpu, removeDir, sleep, tempDir } from "./common.ts";
 import { type HttpResult, httpThroughput } from "./http.ts";
 import { activatedMemory } from "./memory.ts";
 import type { MemoryChildResult, MemorySample } from "./memory_child.ts";
@@ -101,32 +102,38 @@ function pct(ratio: number): string {
 const PAIRS = 5;
 
 /**
- * Runs the runtime and its raw ceiling (bulk sets of the heads that run wrote, 2 in flight) again,
- * one after the other, until there are {@link PAIRS} pairs counting the first, and judges the
- * ratio on their median. This VM's speed drifts by 15-30 % over seconds, and the two halves of
- * one pair run seconds apart, so a single pair's ratio moves by up to ten points either way; the
- * median of alternating pairs is the steadier figure.
+ * Runs the runtime and its raw ceiling (bulk sets of the heads that run wrote, 2 in flight) one
+ * after the other, {@link PAIRS} times, each in a fresh process, and judges the ratio on their
+ * median. This VM's speed drifts by 15-30 % over seconds, and the two halves of one pair run
+ * seconds apart, so a single pair's ratio moves by up to ten points either way; the median of
+ * alternating pairs is the steadier figure. Fresh processes, as for the other comparisons: run
+ * after run in this one, each inherits the heap the earlier ones left.
  */
-async function repeatedPairs(first: RuntimeResult, firstRaw: RawResult[]): Promise<Row[]> {
-  const ceilingOf = (pass: RawResult[]): RawResult =>
-    pass.find((x) => !x.checked && x.inFlight === 2)!;
-  const pairs = [{ runtime: first.messagesPerSec, raw: ceilingOf(firstRaw).entriesPerSec }];
-  log(`\n[2/5, pairs] The runtime and its raw ceiling again, alternating (${PAIRS} pairs in all)`);
+async function repeatedPairs(): Promise<Row[]> {
   log(
-    `  pair 1 (above): ${fmt(pairs[0].runtime)} msg/s / ${fmt(pairs[0].raw)} entries/s = ` +
-      pct(pairs[0].runtime / pairs[0].raw),
+    `\n[2/5, pairs] The runtime and its raw ceiling again, alternating, ${PAIRS} pairs, ` +
+      "each run in a fresh process",
   );
-  for (let i = 1; i < PAIRS; i++) {
-    const r = await runtimeThroughput({
-      concurrency: intFlag(Deno.args, "callers"),
-      maxInFlight: intFlag(Deno.args, "in-flight"),
-    });
-    const c = ceilingOf(await rawKvCeiling({ entries: r.heads, ceilingOnly: true }));
-    pairs.push({ runtime: r.messagesPerSec, raw: c.entriesPerSec });
-    log(
-      `  pair ${i + 1}: ${fmt(r.messagesPerSec)} msg/s / ${fmt(c.entriesPerSec)} entries/s = ` +
-        pct(r.messagesPerSec / c.entriesPerSec),
-    );
+  const dir = await tempDir("pairs");
+  const headsFile = `${dir}/heads.jsonl`;
+  const pairs: Array<{ runtime: number; raw: number }> = [];
+  try {
+    for (let i = 0; i < PAIRS; i++) {
+      const r = await inChild<{ messagesPerSec: number; errors: number }>("runtime", {
+        concurrency: intFlag(Deno.args, "callers"),
+        maxInFlight: intFlag(Deno.args, "in-flight"),
+        headsFile,
+      });
+      const c = await inChild<{ entriesPerSec: number; perAtomic: number }>("raw", { headsFile });
+      pairs.push({ runtime: r.messagesPerSec, raw: c.entriesPerSec });
+      log(
+        `  pair ${i + 1}: ${fmt(r.messagesPerSec)} msg/s (${r.errors} errors) / ` +
+          `${fmt(c.entriesPerSec)} entries/s (${c.perAtomic} a commit) = ` +
+          pct(r.messagesPerSec / c.entriesPerSec),
+      );
+    }
+  } finally {
+    await removeDir(dir);
   }
   const ratios = pairs.map((p) => p.runtime / p.raw).sort((a, b) => a - b);
   const median = medianOf(ratios);
@@ -291,9 +298,7 @@ async function main(): Promise<void> {
     });
   }
 
-  if (runtime && raw.length > 1) {
-    rows.push(...await repeatedPairs(runtime, raw[1]));
-  }
+  if (runtime && raw.length > 1) rows.push(...await repeatedPairs());
 
   let http: HttpResult | undefined;
   if (parts.has("http")) {
