@@ -12,6 +12,8 @@ import {
   type CommitTooLargeError,
 } from "../src/actor/commit_batcher.ts";
 import { Directory } from "../src/actor/directory.ts";
+import { encodeTwin } from "../src/storage/twin_store.ts";
+import { newTwinRecord } from "../src/twin/state.ts";
 
 /** A message asks for `writes` KV sets; the state counts messages applied. */
 interface Msg {
@@ -315,6 +317,39 @@ Deno.test("batcher: requests whose keys together pass KV's 80 KiB of keys go out
     let stored = 0;
     for await (const _ of kv.list({ prefix: ["dedupe"] })) stored++;
     assertEquals(stored, 400);
+  } finally {
+    await batcher.drain();
+    kv.close();
+  }
+});
+
+Deno.test("batcher: twin heads near the size cap on the longest ids all commit: keys count toward KV's 800 KiB too", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let atomics = 0;
+  const batcher = new CommitBatcher(kv, { maxInFlight: 1, onBatch: () => atomics++ });
+  try {
+    // 100 twins with ids as long as the contract allows, each head about 7.2 KB of UTF-8 bytes
+    // and a dedupe entry under a message id as long as allowed: KV counts each written key twice
+    // and each checked key once, about 1.2 KB a request here beyond the values.
+    const now = Date.parse("2026-11-27T06:00:00.000Z");
+    const requests = Array.from({ length: 100 }, (_, i) => {
+      const id = `twin-${i}-`.padEnd(128, "d");
+      const record = { ...newTwinRecord(id, "generic", now), reported: { blob: "x".repeat(7200) } };
+      const { mutations, bytes } = encodeTwin(record, 1);
+      const messageId = `m-${i}-`.padEnd(128, "m");
+      mutations.push({ type: "set", key: ["dedupe", id, messageId], value: 1, expireIn: 60_000 });
+      return {
+        checks: [{ key: ["twins", id], versionstamp: null }],
+        mutations,
+        bytes: bytes + 64,
+      };
+    });
+    const outcomes = await Promise.all(requests.map((request) => batcher.submit(request)));
+    assert(outcomes.every((o) => o.ok), "every request committed");
+    assert(atomics >= 2, `the sizes needed at least 2 atomics, took ${atomics}`);
+    let stored = 0;
+    for await (const _ of kv.list({ prefix: ["twins"] })) stored++;
+    assertEquals(stored, 100);
   } finally {
     await batcher.drain();
     kv.close();

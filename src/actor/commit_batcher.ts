@@ -14,7 +14,10 @@ export interface CommitRequest {
   checks: Deno.AtomicCheck[];
   /** Writes to make if the checks hold. */
   mutations: Deno.KvMutation[];
-  /** Estimated bytes of keys and values, to keep an atomic under KV's size cap. */
+  /**
+   * Estimated bytes of its values, to keep an atomic under KV's size cap (the batcher adds what
+   * its keys take).
+   */
   bytes: number;
 }
 
@@ -55,6 +58,8 @@ interface Pending {
   done: CommitDone;
   // Encoded bytes of the keys it writes values under (KV caps their sum per atomic).
   keyBytes: number;
+  // What it adds to KV's count of an atomic's size: its values' bytes and its keys.
+  size: number;
 }
 
 /** KV's limit on one key written (encoded bytes). */
@@ -115,25 +120,30 @@ export class CommitBatcher {
    */
   enqueue(request: CommitRequest, done: CommitDone): void {
     const o = this.#options;
-    if (
-      request.checks.length > o.maxChecks || request.mutations.length > o.maxMutations ||
-      request.bytes > o.maxBytes
-    ) {
+    if (request.checks.length > o.maxChecks || request.mutations.length > o.maxMutations) {
       throw new CommitTooLargeError(request.mutations.length, request.bytes);
     }
     // KV refuses a whole atomic whose keys are too long, failing every request in it: refuse
     // the one request here instead, and group the others within the cap.
     let keyBytes = 0;
+    // KV's size of an atomic counts a written key twice and a checked key once, besides values:
+    // with long ids that is hundreds of bytes a twin, so it is counted here, not guessed.
+    let size = request.bytes;
     for (const mutation of request.mutations) {
-      const size = encodedKeyBytes(mutation.key);
-      if (size > MAX_KEY_BYTES) {
+      const bytes = encodedKeyBytes(mutation.key);
+      if (bytes > MAX_KEY_BYTES) {
         throw new CommitTooLargeError(
           request.mutations.length,
           request.bytes,
-          `A key of ${size} bytes exceeds KV's ${MAX_KEY_BYTES}-byte limit on one key.`,
+          `A key of ${bytes} bytes exceeds KV's ${MAX_KEY_BYTES}-byte limit on one key.`,
         );
       }
-      if (mutation.type !== "delete") keyBytes += size;
+      if (mutation.type !== "delete") keyBytes += bytes;
+      size += 2 * bytes;
+    }
+    for (const check of request.checks) size += encodedKeyBytes(check.key);
+    if (size > o.maxBytes) {
+      throw new CommitTooLargeError(request.mutations.length, size);
     }
     if (keyBytes > o.maxKeyBytes) {
       throw new CommitTooLargeError(
@@ -142,13 +152,14 @@ export class CommitBatcher {
         `Its keys take ${keyBytes} bytes, over the ${o.maxKeyBytes} one KV atomic can hold.`,
       );
     }
-    this.#queue.push({ request, done, keyBytes });
+    this.#queue.push({ request, done, keyBytes, size });
     this.#pump();
   }
 
   /**
    * `true` when the queue has room for another request now; otherwise `false`, and `ready` is
-   * called (in a later microtask) once it has. Either way the caller then holds a place, to hand
+   * called (in a later microtask) once it has; it must not throw, as the others let through with
+   * it are called in the same loop. Either way the caller then holds a place, to hand
    * on with {@link giveBack}. Callers about to prepare a request wait here first, so work is not
    * prepared long before an atomic can take it: a request prepared late holds its memory for
    * less time, and messages that arrive meanwhile join the same request.
@@ -207,12 +218,12 @@ export class CommitBatcher {
       if (
         checks + request.checks.length > o.maxChecks ||
         mutations + request.mutations.length > o.maxMutations ||
-        bytes + request.bytes > o.maxBytes ||
+        bytes + pending.size > o.maxBytes ||
         keyBytes + pending.keyBytes > o.maxKeyBytes
       ) break;
       checks += request.checks.length;
       mutations += request.mutations.length;
-      bytes += request.bytes;
+      bytes += pending.size;
       keyBytes += pending.keyBytes;
       count++;
     }

@@ -1,7 +1,9 @@
 /**
- * How a twin record is laid out in KV. A record is stored as JSON text (UTF-8 bytes) under
- * `["twins", id]`; when it is larger than one KV value may be (64 KiB), it is stored as text and
- * the rest goes in numbered chunks under `["twin_chunks", id, n]`, written in the same atomic. The head is what every commit checks.
+ * How a twin record is laid out in KV. A record is stored as its JSON text, as UTF-8 bytes, under
+ * `["twins", id]`. A record of more than 30,000 characters, or whose UTF-8 would pass KV's 64 KiB
+ * value cap, is stored as text instead: the head holds the first 30,000 characters and the number
+ * of chunks, and the rest goes in numbered chunks under `["twin_chunks", id, n]`, written in the
+ * same atomic. The head is what every commit checks.
  * @module
  */
 import { type TwinRecord, upgradeRecord } from "../twin/state.ts";
@@ -22,6 +24,8 @@ let slabUsed = 0;
  * `text` as UTF-8, in a view of a buffer shared with the heads encoded before it: an ArrayBuffer
  * of its own for every head costs more than encoding it. Module state, but nothing a caller can
  * see: a view is never written again once handed out, and a buffer is dropped with its last view.
+ * KV copies a value's bytes when its atomic is committed; until then (and for a commit sent again
+ * after a conflict) the view holds the very bytes encoded.
  */
 function utf8(text: string): Uint8Array {
   const most = text.length * 3;

@@ -84,6 +84,9 @@ if (import.meta.main) {
     result = { messagesPerSec: r.messagesPerSec, errors: r.errors, meanBatch: r.meanBatch };
   } else if (name === "raw") {
     // The raw ceiling the runtime's target is against, with the heads a runtime child wrote.
+    if (typeof opts.headsFile !== "string") {
+      throw new Error('The raw measurement needs {"headsFile": path}, as a runtime one wrote.');
+    }
     const [r] = await rawKvCeiling({ entries: await readHeads(opts.headsFile), ceilingOnly: true });
     result = { entriesPerSec: r.entriesPerSec, perAtomic: r.perAtomic };
   } else if (name === "sse") {

@@ -117,6 +117,7 @@ async function repeatedPairs(): Promise<Row[]> {
   const dir = await tempDir("pairs");
   const headsFile = `${dir}/heads.jsonl`;
   const pairs: Array<{ runtime: number; raw: number }> = [];
+  let errors = 0;
   try {
     for (let i = 0; i < PAIRS; i++) {
       const r = await inChild<{ messagesPerSec: number; errors: number }>("runtime", {
@@ -126,6 +127,7 @@ async function repeatedPairs(): Promise<Row[]> {
       });
       const c = await inChild<{ entriesPerSec: number; perAtomic: number }>("raw", { headsFile });
       pairs.push({ runtime: r.messagesPerSec, raw: c.entriesPerSec });
+      errors += r.errors;
       log(
         `  pair ${i + 1}: ${fmt(r.messagesPerSec)} msg/s (${r.errors} errors) / ` +
           `${fmt(c.entriesPerSec)} entries/s (${c.perAtomic} a commit) = ` +
@@ -147,6 +149,11 @@ async function repeatedPairs(): Promise<Row[]> {
     value: `${pct(median)} (${ratios.map(pct).join(", ")})`,
     target: ">= 40%",
     verdict: verdict(median >= 0.4),
+  }, {
+    figure: "Runtime send errors in those pairs",
+    value: String(errors),
+    target: "0",
+    verdict: verdict(errors === 0),
   }];
 }
 

@@ -69,10 +69,10 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
     const entries = options.entries ??
       deviceIds("raw", twins).map((id) => twinHeadEntry(twinAfterTelemetry(id, now)));
     const valueBytes = entries.reduce((sum, e) => sum + storedBytes(e.value), 0) / twins;
+    const asBytes = entries.filter((e) => e.value instanceof Uint8Array).length;
     log(
-      `  ${fmt(twins)} twin heads, ${
-        valueBytes.toFixed(0)
-      } bytes of JSON each on average, stored as UTF-8 bytes` +
+      `  ${fmt(twins)} twin heads, ${valueBytes.toFixed(0)} bytes of JSON each on average, ` +
+        (asBytes === twins ? "stored as UTF-8 bytes" : `${fmt(asBytes)} of them as UTF-8 bytes`) +
         (options.entries ? " (the heads the runtime wrote)" : " (encodeTwin(newTwinRecord()))"),
     );
     // Up to 1000 sets per atomic, fewer if 1000 of these values would pass KV's 800 KiB cap
