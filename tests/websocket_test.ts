@@ -327,14 +327,30 @@ Deno.test("ws: a socket that sends frames without waiting for their results is c
   await withFixture(async (f) => {
     const d = await f.register({ id: "w9" });
     const ws = await f.ws(d);
-    for (let i = 0; i < 400; i++) {
-      ws.send({ type: "telemetry", rid: i, data: { temperature: 20 } });
+    // Commits wait until the refusal has come, so no frame's result can arrive first and make
+    // room however fast the store is: the 65th frame finds 64 in flight.
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => release = resolve);
+    const atomic = f.kv.atomic;
+    f.kv.atomic = () => {
+      const operation = atomic.call(f.kv);
+      const commit = operation.commit.bind(operation);
+      operation.commit = () => held.then(commit);
+      return operation;
+    };
+    try {
+      for (let i = 0; i < 400; i++) {
+        ws.send({ type: "telemetry", rid: i, data: { temperature: 20 } });
+      }
+      const refused = await ws.frame(
+        (x) => x.type === "error" && (x.error as { code: string }).code === "rate_limited",
+        "the refusal",
+      );
+      assertMatch((refused.error as { message: string }).message, /At most 64 frames/);
+    } finally {
+      release();
+      f.kv.atomic = atomic;
     }
-    const refused = await ws.frame(
-      (x) => x.type === "error" && (x.error as { code: string }).code === "rate_limited",
-      "the refusal",
-    );
-    assertMatch((refused.error as { message: string }).message, /At most 64 frames/);
     await ws.whenClosed(); // The server ends the connection (1008, as its client may see it).
     assert(!ws.open);
   });
