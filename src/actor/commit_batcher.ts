@@ -3,8 +3,8 @@
  * flight go out together in the next one, within Deno KV's limits, so throughput does not stop at
  * one KV commit per message. Each request keeps its own checks: when an atomic fails, the
  * requests whose checks no longer hold are answered `conflict` and the others are sent again.
- * It also paces its callers: `room()` hands out places in the queue (as many as the commits in
- * flight will take), so turns are planned just before an atomic can carry them, not long before.
+ * It also paces its callers: `room()` hands out places in the queue (as many as the next atomics
+ * can carry), so turns are planned just before an atomic can carry them, not long before.
  * @module
  */
 
@@ -40,7 +40,7 @@ export interface BatcherOptions {
   maxRetries?: number;
   /**
    * Requests queued behind the commits in flight before {@link CommitBatcher.room} asks callers
-   * to wait (default: as many as the commits in flight take, `maxInFlight` × `maxChecks`).
+   * to wait (default: as many as the next atomics can carry, `maxInFlight` × `maxChecks`).
    */
   maxQueued?: number;
   /** Told about every committed atomic: requests in it and milliseconds it took. */

@@ -43,7 +43,7 @@ function utf8(text: string): Uint8Array {
 /**
  * The head entry's value: the record's JSON text as UTF-8 bytes when it fits in one value (most
  * do; bytes are the cheapest value to store), else its first chunk and the number of chunks. A
- * plain string is a head written before 2026-11-27 and is still read.
+ * plain string is a head written by a build from before heads were bytes, and is still read.
  */
 type Head = Uint8Array | string | {
   /** JSON text of the record's first chunk. */
@@ -174,7 +174,7 @@ function isEmpty(object: object): boolean {
   return true;
 }
 
-/** How many chunks the stored form of `record` takes. */
+/** How many chunks the stored form of `record` takes, at most (counted on the whole record). */
 export function chunkCount(record: TwinRecord): number {
   return Math.max(1, Math.ceil(JSON.stringify(record).length / CHUNK_CHARS));
 }

@@ -1,7 +1,7 @@
 /**
  * Runs one in-process measurement in a fresh process and prints its result as JSON on the last
  * line, so comparisons (the runtime and its raw ceiling, history on and off, with and without
- * stream clients) do not inherit each other's heap. Used by `main.ts`, with the V8 flags of `deno task start`; by hand:
+ * stream clients) do not inherit each other's heap. Used by `main.ts`, `history.ts` and `sse.ts`, with the V8 flags of `deno task start`; by hand:
  *
  * ```sh
  * deno run --allow-all --v8-flags=--max-semi-space-size=96,--no-allocation-site-pretenuring \

@@ -111,7 +111,7 @@ const PAIRS = 5;
  */
 async function repeatedPairs(): Promise<Row[]> {
   log(
-    `\n[2/5, pairs] The runtime and its raw ceiling again, alternating, ${PAIRS} pairs, ` +
+    `\n[2/7, pairs] The runtime and its raw ceiling again, alternating, ${PAIRS} pairs, ` +
       "each run in a fresh process",
   );
   const dir = await tempDir("pairs");
@@ -185,14 +185,14 @@ async function main(): Promise<void> {
 
   const raw: RawResult[][] = [];
   if (parts.has("raw")) {
-    log("\n[1/5] Raw Deno KV ceiling (file-backed, twin values from encodeTwin)");
+    log("\n[1/7] Raw Deno KV ceiling (file-backed, twin heads after one reading)");
     raw.push(await rawKvCeiling({ log }));
   }
 
   let runtime: RuntimeResult | undefined;
   let core: CoreResult | undefined;
   if (parts.has("runtime")) {
-    log("\n[2/5] In-process runtime: runtime.telemetry() awaiting durable commit");
+    log("\n[2/7] In-process runtime: runtime.telemetry() awaiting durable commit");
     runtime = await runtimeThroughput({
       log,
       concurrency: intFlag(Deno.args, "callers"),
@@ -237,10 +237,10 @@ async function main(): Promise<void> {
     if (raw.length > 0) {
       // A second raw pass with the very heads the runtime wrote: its records may have grown past
       // a fresh twin's (telemetry history), and KV's cost grows with the bytes.
-      log("\n[1/5, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
+      log("\n[1/7, again] Raw Deno KV ceiling with the twin heads the runtime wrote");
       raw.push(await rawKvCeiling({ log, entries: r.heads }));
     }
-    log("\n[2/5, bound] The actor core with empty turns: each rewrites its head, checked");
+    log("\n[2/7, bound] The actor core with empty turns: each rewrites its head, checked");
     core = await coreCeiling({ entries: r.heads });
     log(
       `  ${fmt(core.messagesPerSec)} msg/s, mean ${core.meanBatch.toFixed(1)} twins a commit` +
@@ -309,7 +309,7 @@ async function main(): Promise<void> {
 
   let http: HttpResult | undefined;
   if (parts.has("http")) {
-    log("\n[3/5] HTTP: real server process + wrk on POST /device/v1/telemetry");
+    log("\n[3/7] HTTP: real server process + wrk on POST /device/v1/telemetry");
     http = await httpThroughput({ log });
     if ("skipped" in http) {
       log(`  SKIPPED: ${http.skipped}`);
@@ -359,7 +359,7 @@ async function main(): Promise<void> {
 
   let memory: MemoryChildResult | undefined;
   if (parts.has("memory")) {
-    log("\n[4/5] Memory: 100,000 twins activated, in a child process");
+    log("\n[4/7] Memory: 100,000 twins activated, in a child process");
     memory = await activatedMemory({ log });
     const m = memory;
     log(
@@ -409,7 +409,7 @@ async function main(): Promise<void> {
 
   let mqtt: MqttResult | undefined;
   if (parts.has("mqtt")) {
-    log("\n[5/5] MQTT: real server + mqtt.js load processes, raw aedes, command round trips");
+    log("\n[5/7] MQTT: real server + mqtt.js load processes, raw aedes, command round trips");
     mqtt = await mqttBench({ log });
     const m = mqtt;
     const ratio = m.doppel.perSec / m.raw.perSec;

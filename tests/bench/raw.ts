@@ -1,8 +1,10 @@
 /**
  * Part 1: the raw Deno KV ceiling. On a fresh file-backed KV, overwrite the twin heads of 10,000
- * twins with the same bytes the runtime writes, as fast as KV takes them: plain atomics of 1000
- * sets, and checked atomics of 100 check+set pairs (the most a runtime batch can carry, since
- * each twin commit checks its head) with 2 commits in flight, as the runtime's batcher does.
+ * twins with the same bytes the runtime writes, as fast as KV takes them: plain atomics of as many
+ * sets as fit (up to 1000; fewer when 1000 of the largest head would pass KV's size cap), with 1
+ * and with 2 commits in flight, and checked atomics of 100 check+set pairs (the most a runtime
+ * batch can carry, since each twin commit checks its head) with 2 in flight, as the runtime's
+ * batcher does. The heads are those of twins after one reading, or those a runtime run wrote.
  * @module
  */
 import {
@@ -73,7 +75,7 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
     log(
       `  ${fmt(twins)} twin heads, ${valueBytes.toFixed(0)} bytes of JSON each on average, ` +
         (asBytes === twins ? "stored as UTF-8 bytes" : `${fmt(asBytes)} of them as UTF-8 bytes`) +
-        (options.entries ? " (the heads the runtime wrote)" : " (encodeTwin(newTwinRecord()))"),
+        (options.entries ? " (the heads the runtime wrote)" : " (fresh twins after one reading)"),
     );
     // Up to 1000 sets per atomic, fewer if 1000 of these values would pass KV's 800 KiB cap
     // (kept under it by the margin the runtime's batcher keeps: 760 KiB, 64 bytes a key).
