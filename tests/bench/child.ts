@@ -87,7 +87,12 @@ if (import.meta.main) {
     if (typeof opts.headsFile !== "string") {
       throw new Error('The raw measurement needs {"headsFile": path}, as a runtime one wrote.');
     }
-    const [r] = await rawKvCeiling({ entries: await readHeads(opts.headsFile), ceilingOnly: true });
+    const [r] = await rawKvCeiling({
+      entries: await readHeads(opts.headsFile),
+      ceilingOnly: true,
+      seconds: opts.seconds,
+      warmupSeconds: opts.warmupSeconds,
+    });
     result = { entriesPerSec: r.entriesPerSec, perAtomic: r.perAtomic };
   } else if (name === "sse") {
     let events = 0, clients = 0;

@@ -5,6 +5,7 @@
  * and with 2 commits in flight, and checked atomics of 100 check+set pairs (the most a runtime
  * batch can carry, since each twin commit checks its head) with 2 in flight, as the runtime's
  * batcher does. The heads are those of twins after one reading, or those a runtime run wrote.
+ * Each configuration is measured as the runtime is: a 1 s warm-up, then a 5 s window.
  * @module
  */
 import {
@@ -12,6 +13,7 @@ import {
   deviceIds,
   fmt,
   removeDir,
+  sleep,
   storedBytes,
   tempDir,
   threadCpu,
@@ -48,8 +50,10 @@ export interface RawOptions {
    * heads a runtime run left behind, so the values are exactly what it wrote.
    */
   entries?: Array<{ key: Deno.KvKey; value: unknown }>;
-  /** Seconds per measurement (default 3). */
+  /** Seconds per measurement (default 5, as the runtime's). */
   seconds?: number;
+  /** Seconds each configuration runs before its measured window (default 1, as the runtime's). */
+  warmupSeconds?: number;
   /**
    * Measure only the ceiling the runtime's target is against (bulk sets, 2 in flight), not the
    * other two configurations: for repeating it beside repeated runtime runs.
@@ -62,7 +66,8 @@ export interface RawOptions {
 /** Measures raw KV write throughput with the runtime's twin values; see the module doc. */
 export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[]> {
   const twins = options.entries?.length ?? options.twins ?? 10_000;
-  const seconds = options.seconds ?? 3;
+  const seconds = options.seconds ?? 5;
+  const warmup = options.warmupSeconds ?? 1;
   const log = options.log ?? (() => {});
   const dir = await tempDir("raw");
   const kv = await Deno.openKv(`${dir}/raw.kv`);
@@ -99,7 +104,7 @@ export async function rawKvCeiling(options: RawOptions = {}): Promise<RawResult[
     ];
     const results: RawResult[] = [];
     for (const run of options.ceilingOnly ? [runs[1]] : runs) {
-      const result = { ...run, ...(await measure(kv, entries, stamps, run, seconds)) };
+      const result = { ...run, ...(await measure(kv, entries, stamps, run, seconds, warmup)) };
       log(
         `  ${run.label.padEnd(36)} ${fmt(result.entriesPerSec).padStart(9)} entries/s ` +
           `(${fmt(result.commits)} commits, ${result.meanCommitMs.toFixed(2)} ms each` +
@@ -124,6 +129,7 @@ async function measure(
   stamps: string[],
   run: { perAtomic: number; inFlight: number; checked: boolean },
   seconds: number,
+  warmup: number,
 ): Promise<Pick<RawResult, "entriesPerSec" | "commits" | "meanCommitMs" | "cpu">> {
   // Chunks of `perAtomic` consecutive twins, taken round robin: the atomics in flight never
   // touch the same twin, so no check fails.
@@ -132,9 +138,15 @@ async function measure(
   let written = 0;
   let commits = 0;
   let commitMs = 0;
-  const cpuBefore = threadCpu();
-  const started = performance.now();
-  const deadline = started + seconds * 1000;
+  // The window opens after the warm-up, as the runtime's does: what was written by then is left
+  // out.
+  let opened = { written, commits, commitMs, cpu: threadCpu(), at: performance.now() };
+  const deadline = opened.at + (warmup + seconds) * 1000;
+  const open = warmup > 0
+    ? sleep(warmup * 1000).then(() => {
+      opened = { written, commits, commitMs, cpu: threadCpu(), at: performance.now() };
+    })
+    : Promise.resolve();
   const lane = async (): Promise<void> => {
     while (performance.now() < deadline) {
       const from = (cursor++ % chunks) * run.perAtomic;
@@ -152,12 +164,13 @@ async function measure(
       commits++;
     }
   };
-  await Promise.all(Array.from({ length: run.inFlight }, lane));
-  const elapsed = (performance.now() - started) / 1000;
+  await Promise.all([open, ...Array.from({ length: run.inFlight }, lane)]);
+  const elapsed = (performance.now() - opened.at) / 1000;
+  const windowCommits = commits - opened.commits;
   return {
-    entriesPerSec: written / elapsed,
-    commits,
-    meanCommitMs: commitMs / commits,
-    cpu: cpuShare(cpuBefore, threadCpu(), elapsed),
+    entriesPerSec: (written - opened.written) / elapsed,
+    commits: windowCommits,
+    meanCommitMs: (commitMs - opened.commitMs) / windowCommits,
+    cpu: cpuShare(opened.cpu, threadCpu(), elapsed),
   };
 }
