@@ -9,6 +9,8 @@ import { type Behavior, type Loaded, type Plan } from "../src/actor/activation.t
 import {
   type BatcherOptions,
   CommitBatcher,
+  type CommitOutcome,
+  type CommitRequest,
   type CommitTooLargeError,
 } from "../src/actor/commit_batcher.ts";
 import { Directory } from "../src/actor/directory.ts";
@@ -295,65 +297,63 @@ for (const maxReplays of [0, 2]) {
   });
 }
 
-Deno.test("batcher: requests whose keys together pass KV's 80 KiB of keys go out in separate atomics, all committed", async () => {
+/**
+ * Submits `requests` all at once to a batcher with one commit in flight, on a fresh KV; returns
+ * their outcomes, how many atomics they took and how many entries are stored under `prefix`.
+ */
+async function commitAll(
+  requests: CommitRequest[],
+  prefix: Deno.KvKey,
+): Promise<{ outcomes: CommitOutcome[]; atomics: number; stored: number }> {
   const kv = await Deno.openKv(":memory:");
   let atomics = 0;
   const batcher = new CommitBatcher(kv, { maxInFlight: 1, onBatch: () => atomics++ });
   try {
-    // 40 requests of 10 keys of ~300 bytes each (message ids as long as the contract allows, on
-    // a long device id): about 120 KB of keys in all, well under the other limits.
-    const requests = Array.from({ length: 40 }, (_, r) => ({
-      checks: [],
-      mutations: Array.from({ length: 10 }, (_, i): Deno.KvMutation => ({
-        type: "set",
-        key: ["dedupe", "d".repeat(128), `${r}-${i}-`.padEnd(128, "m")],
-        value: 1,
-      })),
-      bytes: 10 * 64,
-    }));
     const outcomes = await Promise.all(requests.map((request) => batcher.submit(request)));
-    assert(outcomes.every((o) => o.ok), "every request committed");
-    assert(atomics >= 3, `the keys needed at least 3 atomics, took ${atomics}`);
     let stored = 0;
-    for await (const _ of kv.list({ prefix: ["dedupe"] })) stored++;
-    assertEquals(stored, 400);
+    for await (const _ of kv.list({ prefix })) stored++;
+    return { outcomes, atomics, stored };
   } finally {
     await batcher.drain();
     kv.close();
   }
+}
+
+Deno.test("batcher: requests whose keys together pass KV's 80 KiB of keys go out in separate atomics, all committed", async () => {
+  // 40 requests of 10 keys of ~300 bytes each (message ids as long as the contract allows, on a
+  // long device id): about 120 KB of keys in all, well under the other limits.
+  const requests = Array.from({ length: 40 }, (_, r) => ({
+    checks: [],
+    mutations: Array.from({ length: 10 }, (_, i): Deno.KvMutation => ({
+      type: "set",
+      key: ["dedupe", "d".repeat(128), `${r}-${i}-`.padEnd(128, "m")],
+      value: 1,
+    })),
+    bytes: 10 * 64,
+  }));
+  const { outcomes, atomics, stored } = await commitAll(requests, ["dedupe"]);
+  assert(outcomes.every((o) => o.ok), "every request committed");
+  assert(atomics >= 3, `the keys needed at least 3 atomics, took ${atomics}`);
+  assertEquals(stored, 400);
 });
 
 Deno.test("batcher: twin heads near the size cap on the longest ids all commit: keys count toward KV's 800 KiB too", async () => {
-  const kv = await Deno.openKv(":memory:");
-  let atomics = 0;
-  const batcher = new CommitBatcher(kv, { maxInFlight: 1, onBatch: () => atomics++ });
-  try {
-    // 100 twins with ids as long as the contract allows, each head about 7.2 KB of UTF-8 bytes
-    // and a dedupe entry under a message id as long as allowed: KV counts each written key twice
-    // and each checked key once, about 1.2 KB a request here beyond the values.
-    const now = Date.parse("2026-11-27T06:00:00.000Z");
-    const requests = Array.from({ length: 100 }, (_, i) => {
-      const id = `twin-${i}-`.padEnd(128, "d");
-      const record = { ...newTwinRecord(id, "generic", now), reported: { blob: "x".repeat(7200) } };
-      const { mutations, bytes } = encodeTwin(record, 1);
-      const messageId = `m-${i}-`.padEnd(128, "m");
-      mutations.push({ type: "set", key: ["dedupe", id, messageId], value: 1, expireIn: 60_000 });
-      return {
-        checks: [{ key: ["twins", id], versionstamp: null }],
-        mutations,
-        bytes: bytes + 64,
-      };
-    });
-    const outcomes = await Promise.all(requests.map((request) => batcher.submit(request)));
-    assert(outcomes.every((o) => o.ok), "every request committed");
-    assert(atomics >= 2, `the sizes needed at least 2 atomics, took ${atomics}`);
-    let stored = 0;
-    for await (const _ of kv.list({ prefix: ["twins"] })) stored++;
-    assertEquals(stored, 100);
-  } finally {
-    await batcher.drain();
-    kv.close();
-  }
+  // 100 twins with ids as long as the contract allows, each head about 7.2 KB of UTF-8 bytes and
+  // a dedupe entry under a message id as long as allowed: KV counts each written key twice and
+  // each checked key once, about 1.2 KB a request here beyond the values.
+  const now = Date.parse("2026-11-27T06:00:00.000Z");
+  const requests = Array.from({ length: 100 }, (_, i) => {
+    const id = `twin-${i}-`.padEnd(128, "d");
+    const record = { ...newTwinRecord(id, "generic", now), reported: { blob: "x".repeat(7200) } };
+    const { mutations, bytes } = encodeTwin(record, 1);
+    const messageId = `m-${i}-`.padEnd(128, "m");
+    mutations.push({ type: "set", key: ["dedupe", id, messageId], value: 1, expireIn: 60_000 });
+    return { checks: [{ key: ["twins", id], versionstamp: null }], mutations, bytes: bytes + 64 };
+  });
+  const { outcomes, atomics, stored } = await commitAll(requests, ["twins"]);
+  assert(outcomes.every((o) => o.ok), "every request committed");
+  assert(atomics >= 2, `the sizes needed at least 2 atomics, took ${atomics}`);
+  assertEquals(stored, 100);
 });
 
 Deno.test("batcher: a request with a key past KV's 2 KiB, or keys past 80 KiB, is refused alone", async () => {

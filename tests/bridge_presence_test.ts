@@ -55,6 +55,18 @@ async function say(
   await instance.settled(); // Children going offline with a gateway, queued after it.
 }
 
+/** Registers gateway `g1` and its child `k1`, and announces them online: `g1` on one instance, `k1` on another. */
+async function gatewayAndChildOnline(
+  t: TestApp,
+  gatewayOn: BridgePresence,
+  childOn: BridgePresence,
+): Promise<void> {
+  await t.register({ id: "g1" });
+  await t.register({ id: "k1", parent: "g1" });
+  await say(t, gatewayOn, "g1", "online");
+  await say(t, childOn, "k1", "online");
+}
+
 async function statuses(t: TestApp, ...ids: string[]): Promise<string[]> {
   return await Promise.all(ids.map(async (id) => {
     const res = await t.op("GET", `/api/v1/twins/${id}`);
@@ -74,10 +86,7 @@ Deno.test("bridge presence, two instances: an offline that reaches the instance 
 
 Deno.test("bridge presence, two instances: a child announced on the instance that does not hold its gateway comes online, and goes with the gateway", async () => {
   await withInstances(2, async (t, [a, b]) => {
-    await t.register({ id: "g1" });
-    await t.register({ id: "k1", parent: "g1" });
-    await say(t, a, "g1", "online");
-    await say(t, b, "k1", "online");
+    await gatewayAndChildOnline(t, a, b);
     assertEquals(await statuses(t, "g1", "k1"), ["online", "online"]);
     await say(t, a, "g1", "offline");
     assertEquals(await statuses(t, "g1", "k1"), ["offline", "offline"]);
@@ -125,10 +134,7 @@ Deno.test("bridge presence: a retained online replayed to a subscription older t
 
 Deno.test("bridge presence: a disabled gateway's children go offline with it, wherever served", async () => {
   await withInstances(2, async (t, [a, b]) => {
-    await t.register({ id: "g1" });
-    await t.register({ id: "k1", parent: "g1" });
-    await say(t, a, "g1", "online");
-    await say(t, b, "k1", "online");
+    await gatewayAndChildOnline(t, a, b);
     const gateway = await t.registry.get("g1");
     await a.ended(gateway!, "disabled");
     await a.settled();
